@@ -1,0 +1,1 @@
+"""wordloom-outbox: drains the Postgres search outbox into an Elasticsearch index."""

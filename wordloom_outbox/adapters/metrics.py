@@ -1,0 +1,86 @@
+"""Prometheus metrics of SPEC 9. Imported by both processes.
+
+prometheus_client decides multiprocess mode from ``PROMETHEUS_MULTIPROC_DIR`` when a metric
+value is first created, so the supervisor sets (and wipes) that directory before importing this
+module and before the first fork; every gauge names its multiprocess mode explicitly.
+
+Every metric carries ``component="worker"`` and ``projection="search_index_to_elastic"``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+COMPONENT = "worker"
+PROJECTION = "search_index_to_elastic"
+BASE = ("component", "projection")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+BULK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+# Database gauges: computed in one place (the parent, or `work` when run alone).
+lag_events = Gauge("outbox_lag_events", "Pending plus processing events (failed excluded)",
+                   BASE, multiprocess_mode="mostrecent")
+oldest_age_seconds = Gauge("outbox_oldest_age_seconds",
+                           "Age in seconds of the oldest pending or processing event",
+                           BASE, multiprocess_mode="mostrecent")
+inflight_events = Gauge("outbox_inflight_events", "Processing events", BASE,
+                        multiprocess_mode="mostrecent")
+stuck_processing_events = Gauge("outbox_stuck_processing_events",
+                                "Processing events past their lease", BASE,
+                                multiprocess_mode="mostrecent")
+failed_events = Gauge("outbox_failed_events", "Terminal failed events by error_reason",
+                      BASE + ("reason",), multiprocess_mode="mostrecent")
+
+processed_total = Counter("outbox_processed_total",
+                          "Events this service moved to done (no-ops and superseded included)",
+                          BASE + ("op",))
+failed_total = Counter("outbox_failed_total", "Failed attempts (retry and terminal)",
+                       BASE + ("op", "reason"))
+retry_scheduled_total = Counter("outbox_retry_scheduled_total", "Retries scheduled",
+                                BASE + ("op", "reason"))
+terminal_failed_total = Counter("outbox_terminal_failed_total", "Events moved to failed",
+                                BASE + ("op", "reason"))
+idempotent_noop_total = Counter("outbox_idempotent_noop_total",
+                                "Acks that changed nothing in ES: stale version (409), delete "
+                                "of a missing document, superseded in the batch",
+                                BASE + ("reason",))
+stale_ack_total = Counter("outbox_stale_ack_total", "Decisions rejected by the lease fence", BASE)
+reclaimed_total = Counter("outbox_reclaimed_total", "Stuck events reclaimed", BASE)
+event_latency_seconds = Histogram("outbox_event_latency_seconds",
+                                  "Seconds from created_at to ack", BASE,
+                                  buckets=LATENCY_BUCKETS)
+es_bulk_requests_total = Counter("outbox_es_bulk_requests_total", "Bulk requests by result",
+                                 BASE + ("result",))
+es_bulk_items_total = Counter("outbox_es_bulk_items_total", "Bulk items by op and result",
+                              BASE + ("op", "result"))
+es_bulk_request_duration_seconds = Histogram("outbox_es_bulk_request_duration_seconds",
+                                             "Seconds per bulk call", BASE,
+                                             buckets=BULK_BUCKETS)
+breaker_open = Gauge("outbox_breaker_open", "1 while the sink breaker is open", BASE,
+                     multiprocess_mode="max")
+children = Gauge("outbox_children", "Live worker children", BASE,
+                 multiprocess_mode="mostrecent")
+child_restarts_total = Counter("outbox_child_restarts_total", "Children respawned", BASE)
+child_hang_kills_total = Counter("outbox_child_hang_kills_total",
+                                 "Children killed for a missed heartbeat", BASE)
+
+
+def base(metric):
+    """``metric`` with the constant labels applied (metrics without extra labels)."""
+    return metric.labels(COMPONENT, PROJECTION)
+
+
+def labelled(metric, *values: str):
+    return metric.labels(COMPONENT, PROJECTION, *values)
+
+
+def publish_db_gauges(g: dict) -> None:
+    """Set the database gauges from :meth:`OutboxStore.db_gauges` output."""
+    base(lag_events).set((g.get("pending") or 0) + (g.get("processing") or 0))
+    base(inflight_events).set(g.get("processing") or 0)
+    base(stuck_processing_events).set(g.get("stuck") or 0)
+    base(oldest_age_seconds).set(g.get("oldest_age_seconds") or 0.0)
+    reasons = g.get("failed_by_reason") or {}
+    for reason in set(reasons) | {"es_mapping", "bad_event", "unknown_exception", "lease_expired"}:
+        labelled(failed_events, reason).set(reasons.get(reason, 0))

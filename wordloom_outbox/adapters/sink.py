@@ -1,0 +1,109 @@
+"""The ES sink: bulk requests through the official ``elasticsearch`` client. Runs in the child
+(and in ops commands).
+
+Client errors become :class:`SinkError` carrying a :class:`SinkFailure` for the pure classifier.
+The client is built with ``max_retries=0``: retrying is the worker's job (backoff, breaker).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import resources
+from typing import Any, Sequence
+
+import elastic_transport
+import elasticsearch
+
+from ..domain.classify import SinkFailure
+from ..settings import Settings
+
+
+class SinkError(RuntimeError):
+    """A whole ES request failed; ``failure`` says how (for ``classify_failure``)."""
+
+    def __init__(self, failure: SinkFailure):
+        super().__init__(failure.text())
+        self.failure = failure
+
+
+def default_index_body() -> dict[str, Any]:
+    """The shipped index settings and mapping (``adapters/index_mapping.json``)."""
+    return json.loads(resources.files(__package__).joinpath("index_mapping.json").read_text())
+
+
+def make_client(settings: Settings, timeout: float | None = None) -> elasticsearch.Elasticsearch:
+    """An ``Elasticsearch`` client from settings; ``timeout`` seconds per request."""
+    kwargs: dict[str, Any] = dict(request_timeout=timeout or settings.es_timeout, max_retries=0,
+                                  retry_on_timeout=False, retry_on_status=())
+    if settings.elastic_api_key:
+        kwargs["api_key"] = settings.elastic_api_key
+    elif settings.elastic_username:
+        kwargs["basic_auth"] = (settings.elastic_username, settings.elastic_password)
+    if settings.elastic_ca_certs:
+        kwargs["ca_certs"] = settings.elastic_ca_certs
+    return elasticsearch.Elasticsearch(settings.elastic_url, **kwargs)
+
+
+def to_failure(exc: BaseException) -> SinkFailure:
+    """Map an elasticsearch-py / elastic-transport exception to a :class:`SinkFailure`."""
+    if isinstance(exc, elasticsearch.UnsupportedProductError):
+        return SinkFailure("product", exc.meta.status, str(exc))
+    if isinstance(exc, elasticsearch.ApiError):
+        body = exc.body
+        error = body.get("error") if isinstance(body, dict) else None
+        return SinkFailure("http", exc.meta.status, error if error is not None else str(body)[:2000])
+    if isinstance(exc, elastic_transport.ConnectionTimeout):
+        return SinkFailure("timeout", 0, f"timeout: {exc}")
+    if isinstance(exc, elastic_transport.ConnectionError):
+        return SinkFailure("connect", 0, f"connection_error: {exc}")
+    return SinkFailure("other", 0, f"{type(exc).__name__}: {exc}")
+
+
+class EsSink:
+    """Writes bulk bodies to one index. ``bulk`` returns ``[(action, item), ...]`` in request
+    order, or raises :class:`SinkError` when the request as a whole failed."""
+
+    def __init__(self, settings: Settings, client: elasticsearch.Elasticsearch | None = None):
+        self.settings = settings
+        self.index = settings.elastic_index
+        self.client = client or make_client(settings)
+
+    def bulk(self, lines: Sequence[bytes]) -> tuple[list[tuple[str, dict]], float]:
+        """Send one ``_bulk`` request made of NDJSON ``lines``; returns items and seconds taken."""
+        started = time.monotonic()
+        try:
+            resp = self.client.bulk(operations=list(lines), refresh=False)
+        except Exception as exc:  # every client error is classified, none escapes raw
+            raise SinkError(to_failure(exc)) from exc
+        elapsed = time.monotonic() - started
+        items = []
+        for entry in resp.body.get("items", []):
+            (action, item), = entry.items()
+            items.append((action, item))
+        return items, elapsed
+
+    def ensure_index(self, body: dict[str, Any] | None = None) -> bool:
+        """Create the index (or alias target) when missing; True when it was created."""
+        try:
+            if self.client.indices.exists(index=self.index):
+                return False
+            self.client.indices.create(index=self.index, **(body or default_index_body()))
+            return True
+        except elasticsearch.BadRequestError as exc:
+            if "resource_already_exists_exception" in str(exc):
+                return False
+            raise SinkError(to_failure(exc)) from exc
+        except Exception as exc:
+            raise SinkError(to_failure(exc)) from exc
+
+    def ping(self) -> SinkFailure | None:
+        """None when ES answers ``GET /`` as Elasticsearch, else how it failed."""
+        try:
+            self.client.info()
+            return None
+        except Exception as exc:
+            return to_failure(exc)
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,18 @@
+-- Apply a batch's decisions in one set-based statement, fenced by the lease token (SPEC 4.6).
+-- A row whose lease was lost (reclaimed by another claim) matches nothing here and is counted
+-- as a stale ack by the caller.
+UPDATE search_outbox_events e
+   SET status = d.status,
+       attempts = e.attempts + d.attempt_inc,
+       next_retry_at = CASE WHEN d.status = 'pending'
+                            THEN now() + make_interval(secs => d.delay) END,
+       processed_at = CASE WHEN d.status = 'done' THEN now() ELSE e.processed_at END,
+       error = CASE WHEN d.status = 'done' THEN NULL ELSE d.error END,
+       error_reason = CASE WHEN d.status = 'done' THEN NULL ELSE d.reason END,
+       lease_until = NULL,
+       updated_at = now()
+  FROM unnest(%(ids)s::uuid[], %(statuses)s::text[], %(incs)s::int[], %(delays)s::float8[],
+              %(errors)s::text[], %(reasons)s::text[])
+       AS d(id, status, attempt_inc, delay, error, reason)
+ WHERE e.id = d.id AND e.status = 'processing' AND e.lease_token = %(token)s
+RETURNING e.id, e.status, extract(epoch FROM now() - e.created_at)::float8 AS age_seconds

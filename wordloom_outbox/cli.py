@@ -1,0 +1,184 @@
+"""Command line (click): parse, load settings, call one function. Runs in the operator's
+process; ``work`` and ``run`` become the service."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sys
+import time
+
+import click
+import psycopg
+
+from . import exitcodes
+from .settings import ConfigError, Settings, load_settings
+
+
+def _settings(**overrides) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(exitcodes.CONFIG)
+
+
+def _connect(settings: Settings, **kw) -> psycopg.Connection:
+    try:
+        return psycopg.connect(settings.database_url, connect_timeout=10, **kw)
+    except psycopg.OperationalError as exc:
+        click.echo(f"database unreachable ({settings.redacted_database_url()}): "
+                   f"{str(exc).strip()}", err=True)
+        sys.exit(exitcodes.TEMPFAIL)
+
+
+@click.group()
+@click.version_option(package_name="wordloom-outbox")
+def main() -> None:
+    """wordloom-outbox: drain the Postgres search outbox into Elasticsearch."""
+
+
+@main.command()
+@click.option("--plan", "dry_run", is_flag=True, help="List the migrations that would run; write nothing.")
+@click.option("--confirm-database", default=None, help="Required for prod: the database name.")
+@click.option("--database-url", envvar="DATABASE_URL", default=None, show_envvar=True)
+def migrate(dry_run: bool, confirm_database: str | None, database_url: str | None) -> None:
+    """Apply the numbered SQL migrations, guarded by WORDLOOM_ENV."""
+    from .ops.migrate import MigrationError, migrate as run_migrate
+    from .settings import ENVIRONMENTS, normalize_database_url
+    import os
+    env = os.environ.get("WORDLOOM_ENV") or None
+    if not database_url:
+        click.echo("configuration error: DATABASE_URL is not set", err=True)
+        sys.exit(exitcodes.CONFIG)
+    if env is not None and env not in ENVIRONMENTS:
+        click.echo(f"configuration error: WORDLOOM_ENV={env!r} is not valid: expected one of "
+                   f"{', '.join(ENVIRONMENTS)}", err=True)
+        sys.exit(exitcodes.CONFIG)
+    try:
+        pending = run_migrate(normalize_database_url(database_url), env,
+                              confirm_database=confirm_database, dry_run=dry_run)
+    except MigrationError as exc:
+        click.echo(f"migrate: {exc}", err=True)
+        sys.exit(exitcodes.CONFIG)
+    except psycopg.OperationalError as exc:
+        from .settings import redact_url
+        click.echo(f"migrate: database unreachable ({redact_url(database_url)}): "
+                   f"{str(exc).strip()}", err=True)
+        sys.exit(exitcodes.TEMPFAIL)
+    if dry_run:
+        for mig in pending:
+            click.echo(f"would apply {mig.path.name}")
+    click.echo(f"migrate: {'plan' if dry_run else 'ok'} pending={len(pending)}")
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Process one batch and exit.")
+@click.option("--until-drained", is_flag=True, help="Exit 0 when nothing is due.")
+@click.option("--bulk-size", type=int, default=None, help="Events per claim (OUTBOX_BULK_SIZE).")
+def work(once: bool, until_drained: bool, bulk_size: int | None) -> None:
+    """Run one worker loop in the foreground (no supervisor)."""
+    from .runtime.logs import setup_logging
+    if bulk_size is not None and bulk_size <= 0:
+        click.echo("configuration error: --bulk-size (OUTBOX_BULK_SIZE) must be > 0", err=True)
+        sys.exit(exitcodes.CONFIG)
+    settings = _settings(bulk_size=bulk_size)
+    setup_logging(settings.log_format, settings.log_level)
+    sys.exit(run_foreground_worker(settings, once=once, until_drained=until_drained))
+
+
+def run_foreground_worker(settings: Settings, *, once: bool, until_drained: bool) -> int:
+    """Boot checks (schema, index) then the loop; TERM/INT stop it after the batch in flight."""
+    from .adapters.sink import EsSink, SinkError
+    from .ops.migrate import SchemaTooOld, check_schema
+    from .runtime.worker import LoopHooks, Worker, prepare_index
+    with _connect(settings, autocommit=True) as conn:
+        try:
+            check_schema(conn)
+        except SchemaTooOld as exc:
+            click.echo(f"work: {exc}", err=True)
+            return exitcodes.SCHEMA
+    sink = EsSink(settings)
+    try:
+        prepare_index(sink, settings)
+    except SinkError as exc:
+        click.echo(f"work: cannot prepare index {settings.elastic_index}: {exc} "
+                   "(continuing; events wait for ES)", err=True)
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker = Worker(settings, sink=sink, hooks=LoopHooks(should_stop=lambda: stop["flag"]),
+                    publish_db_gauges=True)
+    started = time.monotonic()
+    try:
+        totals = worker.run(once=once, until_drained=until_drained)
+    finally:
+        worker.close()
+    click.echo(f"work: batches={totals.batches} claimed={totals.claimed} done={totals.done} "
+               f"retried={totals.retried} failed={totals.failed} stale={totals.stale} "
+               f"seconds={time.monotonic() - started:.1f}")
+    return exitcodes.OK
+
+
+@main.command()
+@click.option("--corpus", default=None, help="JSONL corpus file or fortune directory "
+              "(default: /usr/share/games/fortunes when installed, else generated text).")
+@click.option("--generate", is_flag=True, help="Generate text even when fortunes are installed.")
+@click.option("--limit", type=int, default=None, help="At most this many texts.")
+@click.option("--seed", "seed_value", type=int, default=42, help="Random seed of the event stream.")
+def seed(corpus: str | None, generate: bool, limit: int | None, seed_value: int) -> None:
+    """Load texts into search_index through the producer and produce an event stream."""
+    from .ops.seed import default_corpus, load_texts, seed as run_seed
+    settings = _settings()
+    rng = random.Random(seed_value)
+    source = None if generate else (corpus or default_corpus())
+    try:
+        texts = load_texts(source, limit, rng)
+    except (OSError, ValueError) as exc:
+        click.echo(f"seed: {exc}", err=True)
+        sys.exit(exitcodes.USAGE)
+    with _connect(settings) as conn:
+        if sys.stderr.isatty():
+            with click.progressbar(length=len(texts), label="seeding", file=sys.stderr) as bar:
+                report = run_seed(conn, texts, rng=rng, progress=bar.update)
+        else:
+            report = run_seed(conn, texts, rng=rng)
+    click.echo(report.line() + f" corpus={source or 'generated'}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--repair", is_flag=True, help="Enqueue events for every drifted document.")
+def verify(as_json: bool, repair: bool) -> None:
+    """Compare search_index with the ES index; exit 1 on drift."""
+    from .adapters.sink import make_client
+    from .ops.verify import repair as run_repair, verify as run_verify
+    settings = _settings()
+    es = make_client(settings, timeout=60)
+    with _connect(settings) as conn:
+        try:
+            report = run_verify(conn, es, settings.elastic_index)
+        except Exception as exc:  # ES errors: say which and stop
+            click.echo(f"verify: cannot read index {settings.elastic_index}: {exc}", err=True)
+            sys.exit(exitcodes.TEMPFAIL)
+        repaired = 0
+        if repair and not report.ok:
+            repaired = run_repair(conn, report)
+            conn.commit()
+    if as_json:
+        out = report.as_json()
+        if repair:
+            out["repaired_events"] = repaired
+        click.echo(json.dumps(out))
+    else:
+        click.echo(report.line() + (f" repaired_events={repaired}" if repair else ""))
+    sys.exit(exitcodes.OK if report.ok else exitcodes.DRIFT)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Retry policy: exponential backoff with full jitter (SPEC 6). Pure; runs in the child.
+
+Full jitter as described in the AWS Architecture Blog post "Exponential Backoff And Jitter"
+(2015): ``random(0, min(cap, base * 2 ** attempts))``.
+"""
+
+from __future__ import annotations
+
+import random
+
+
+def full_jitter_backoff(attempts: int, base: float, cap: float,
+                        rng: random.Random | None = None) -> float:
+    """Seconds to wait before the next try.
+
+    ``attempts`` (>= 0) counts the tries that failed so far; ``base`` and ``cap`` are seconds.
+    The exponent is clamped so huge attempt counts do not overflow.
+    """
+    rng = rng or random
+    ceiling = min(cap, base * (2 ** min(max(attempts, 0), 62)))
+    return rng.uniform(0.0, ceiling)

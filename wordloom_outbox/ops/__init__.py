@@ -1,0 +1,1 @@
+"""Operator commands: migrate, status, replay, rebuild, verify, purge, seed."""

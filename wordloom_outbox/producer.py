@@ -1,0 +1,110 @@
+"""Producer helper (SPEC 3): change ``search_index`` and write the outbox event in the caller's
+transaction. Runs in any producer process (the Wordloom API, seed, rebuild, tests).
+
+``event_version`` is monotonic per entity: by default the DB clock in microseconds, bumped to
+previous + 1 when not larger, where previous is the larger of the row's version and the
+entity's newest outbox event (so an upsert after a delete outranks the delete). A transaction
+advisory lock per entity serialises concurrent producers of one entity. The outbox trigger
+sends ``NOTIFY search_outbox_events`` so idle workers wake at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Iterable
+
+import psycopg
+
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%(t)s || ':' || %(id)s::text, 0))"
+_NEXT_VERSION = """
+    GREATEST(
+        COALESCE(%(version)s::bigint, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint),
+        COALESCE((SELECT max(event_version) FROM search_outbox_events
+                   WHERE entity_type = %(t)s AND entity_id = %(id)s), 0) + 1,
+        COALESCE((SELECT event_version FROM search_index
+                   WHERE entity_type = %(t)s AND entity_id = %(id)s), 0) + 1)
+"""
+_UPSERT = f"""
+WITH v AS (SELECT {_NEXT_VERSION} AS version),
+up AS (
+    INSERT INTO search_index AS s (id, entity_type, entity_id, library_id, text, snippet,
+                                   rank_score, event_version, created_at, updated_at)
+    SELECT gen_random_uuid(), %(t)s, %(id)s, %(library_id)s, %(text)s, %(snippet)s,
+           %(rank_score)s, v.version, now(), now() FROM v
+    ON CONFLICT (entity_type, entity_id) DO UPDATE
+       SET library_id = EXCLUDED.library_id, text = EXCLUDED.text, snippet = EXCLUDED.snippet,
+           rank_score = EXCLUDED.rank_score, event_version = EXCLUDED.event_version,
+           updated_at = now()
+    RETURNING s.event_version
+)
+INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version)
+SELECT %(t)s, %(id)s, 'upsert', event_version FROM up
+RETURNING event_version
+"""
+_DELETE = f"""
+WITH v AS (SELECT {_NEXT_VERSION} AS version),
+gone AS (DELETE FROM search_index WHERE entity_type = %(t)s AND entity_id = %(id)s)
+INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version)
+SELECT %(t)s, %(id)s, 'delete', version FROM v
+RETURNING event_version
+"""
+_EMIT = """
+INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version)
+VALUES (%(t)s, %(id)s, %(op)s, %(version)s) RETURNING id
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    """A ``search_index`` row as a producer writes it."""
+
+    entity_type: str
+    entity_id: uuid.UUID
+    text: str
+    snippet: str | None = None
+    rank_score: float | None = None
+    library_id: uuid.UUID | None = None
+
+
+def upsert_document(conn: psycopg.Connection, entity_type: str, entity_id: uuid.UUID, text: str,
+                    *, snippet: str | None = None, rank_score: float | None = None,
+                    library_id: uuid.UUID | None = None, event_version: int | None = None) -> int:
+    """Insert or update the entity's ``search_index`` row and write an ``upsert`` event, in the
+    caller's transaction. Returns the event version used (``event_version`` when larger than
+    every earlier version of the entity, else the next one)."""
+    params = dict(t=entity_type, id=entity_id, text=text, snippet=snippet, rank_score=rank_score,
+                  library_id=library_id, version=event_version)
+    conn.execute(_LOCK, params)
+    return conn.execute(_UPSERT, params).fetchone()[0]
+
+
+def delete_document(conn: psycopg.Connection, entity_type: str, entity_id: uuid.UUID, *,
+                    event_version: int | None = None) -> int:
+    """Delete the entity's ``search_index`` row and write a ``delete`` event with a version
+    larger than any earlier one, in the caller's transaction. Returns that version."""
+    params = dict(t=entity_type, id=entity_id, version=event_version)
+    conn.execute(_LOCK, params)
+    return conn.execute(_DELETE, params).fetchone()[0]
+
+
+def upsert_many(conn: psycopg.Connection, docs: Iterable[Document]) -> int:
+    """``upsert_document`` for many documents in one pipeline (same transaction); returns how
+    many were written."""
+    n = 0
+    with conn.pipeline(), conn.cursor() as cur:
+        for d in docs:
+            params = dict(t=d.entity_type, id=d.entity_id, text=d.text, snippet=d.snippet,
+                          rank_score=d.rank_score, library_id=d.library_id, version=None)
+            cur.execute(_LOCK, params)
+            cur.execute(_UPSERT, params)
+            n += 1
+    return n
+
+
+def emit_event(conn: psycopg.Connection, entity_type: str, entity_id: uuid.UUID, op: str,
+               event_version: int) -> uuid.UUID:
+    """Write an outbox event without touching ``search_index`` (replays of old events, repair
+    and ``rebuild --emit-outbox``). Safe at any version: the worker projects the current row."""
+    return conn.execute(_EMIT, dict(t=entity_type, id=entity_id, op=op,
+                                    version=event_version)).fetchone()[0]

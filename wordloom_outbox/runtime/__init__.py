@@ -1,0 +1,1 @@
+"""Process lifecycle: the batch pipeline, the child's loop, the parent supervisor."""

@@ -1,0 +1,51 @@
+"""Logging setup: one line per event, text or JSON (``OUTBOX_LOG_FORMAT``). Both processes.
+
+Context (worker id, batch id, lease token) travels as ``extra=`` fields and is printed when
+present.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+CONTEXT_FIELDS = ("worker_id", "batch_id", "lease_token", "pid", "slot")
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        ctx = " ".join(f"{k}={getattr(record, k)}" for k in CONTEXT_FIELDS
+                       if getattr(record, k, None) is not None)
+        line = f"{ts}.{int(record.msecs):03d}Z {record.levelname} {record.name} {record.getMessage()}"
+        if ctx:
+            line += f" [{ctx}]"
+        if record.exc_info:
+            line += " | " + self.formatException(record.exc_info).replace("\n", " | ")
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": record.created, "level": record.levelname, "logger": record.name,
+               "msg": record.getMessage()}
+        for k in CONTEXT_FIELDS:
+            v = getattr(record, k, None)
+            if v is not None:
+                out[k] = str(v)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
+    """Route the root logger to stderr with the chosen format (idempotent)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("elastic_transport", "elasticsearch", "urllib3", "psycopg.pool"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

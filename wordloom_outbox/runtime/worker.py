@@ -1,0 +1,201 @@
+"""The child's loop: claim -> bulk -> ack until told to stop. Runs in the child (or alone, for
+``wordloom-outbox work``).
+
+Everything network-related (pool, ES client, LISTEN connection) is built here, after any fork,
+from plain settings. Idle waits block on LISTEN/NOTIFY so a new event wakes the loop at once;
+``OUTBOX_POLL_INTERVAL_SECONDS`` bounds the wait (retries coming due, missed notifications).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from typing import Callable
+
+import psycopg
+
+from ..adapters import metrics as m
+from ..adapters.sink import EsSink, SinkError
+from ..adapters.store import OutboxStore, StoreUnavailable, make_pool
+from ..domain.classify import Kind, classify_failure
+from ..domain.retry import full_jitter_backoff
+from ..settings import Settings
+from .batch import BatchProcessor, BatchResult
+
+log = logging.getLogger("wordloom_outbox.worker")
+
+NOTIFY_CHANNEL = "search_outbox_events"
+DB_GAUGE_INTERVAL = 5.0  # seconds between database gauge refreshes when run alone
+
+
+@dataclasses.dataclass
+class LoopHooks:
+    """Seams to the parent: ``heartbeat(progress)`` after every loop turn (``progress`` True when
+    a batch finished), ``should_stop()`` polled between batches, ``breaker(open, reason)`` when
+    the sink breaker changes."""
+
+    heartbeat: Callable[[bool], None] = lambda progress: None
+    should_stop: Callable[[], bool] = lambda: False
+    breaker: Callable[[bool, str], None] = lambda is_open, reason: None
+
+
+@dataclasses.dataclass
+class Totals:
+    batches: int = 0
+    claimed: int = 0
+    done: int = 0
+    retried: int = 0
+    failed: int = 0
+    stale: int = 0
+
+    def add(self, r: BatchResult) -> None:
+        self.batches += 1
+        self.claimed += r.claimed
+        self.done += r.done
+        self.retried += r.retried
+        self.failed += r.failed
+        self.stale += r.stale
+
+
+class Worker:
+    """One worker loop. ``publish_db_gauges`` makes it refresh the database gauges itself (only
+    when it runs alone; under the supervisor the parent does it)."""
+
+    def __init__(self, settings: Settings, *, hooks: LoopHooks | None = None,
+                 store: OutboxStore | None = None, sink: EsSink | None = None,
+                 publish_db_gauges: bool = False, rng: random.Random | None = None):
+        self.settings = settings
+        self.hooks = hooks or LoopHooks()
+        self._own_pool = store is None
+        self.store = store or OutboxStore(make_pool(settings.database_url, name=settings.worker_id))
+        self.sink = sink or EsSink(settings)
+        self.rng = rng or random.Random()
+        self.processor = BatchProcessor(self.store, self.sink, settings, rng=self.rng)
+        self.publish_db_gauges = publish_db_gauges
+        self.totals = Totals()
+        self._listen: psycopg.Connection | None = None
+        self._next_gauges = 0.0
+        self._failures = 0
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, *, once: bool = False, until_drained: bool = False) -> Totals:
+        """Loop until ``should_stop()``; ``once``: one batch; ``until_drained``: return when a
+        claim finds nothing due. Never raises for an ES or database outage; it waits them out."""
+        s = self.settings
+        log.info("worker started (bulk %d events, lease %gs)", s.bulk_size, s.lease_seconds,
+                 extra={"worker_id": s.worker_id})
+        while not self.hooks.should_stop():
+            self._refresh_gauges()
+            try:
+                result = self.processor.run_once()
+            except StoreUnavailable as exc:
+                self._failures += 1
+                log.warning("database unavailable: %s", exc, extra={"worker_id": s.worker_id})
+                self.hooks.heartbeat(False)
+                self._sleep(full_jitter_backoff(self._failures, s.base_backoff, s.max_backoff / 4,
+                                                self.rng) + 0.1)
+                continue
+            self._failures = 0
+            self.totals.add(result)
+            self.hooks.heartbeat(result.claimed > 0)
+            if once:
+                break
+            if result.sink_outcome is not None:
+                self._breaker_wait(result.sink_outcome.reason or "es")
+                continue
+            if result.claimed >= s.bulk_size:
+                continue
+            if result.claimed == 0 and until_drained:
+                break
+            if result.claimed == 0:
+                self._wait_for_work(s.poll_interval)
+        self._refresh_gauges(force=True)
+        return self.totals
+
+    def _breaker_wait(self, reason: str) -> None:
+        """Sink unavailable: stop claiming and probe ES with jittered backoff until it answers."""
+        s = self.settings
+        m.base(m.breaker_open).set(1)
+        self.hooks.breaker(True, reason)
+        log.warning("breaker open (%s): probing ES", reason, extra={"worker_id": s.worker_id})
+        tries = 0
+        while not self.hooks.should_stop():
+            self._sleep(full_jitter_backoff(tries, s.base_backoff, s.max_backoff, self.rng) + 0.05)
+            tries += 1
+            failure = self.sink.ping()
+            if failure is None or classify_failure(failure).kind not in (Kind.UNAVAILABLE,):
+                break
+        m.base(m.breaker_open).set(0)
+        self.hooks.breaker(False, "")
+        log.info("breaker closed after %d probes", tries, extra={"worker_id": s.worker_id})
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep in short steps, heartbeating and honouring stop requests."""
+        deadline = time.monotonic() + seconds
+        while not self.hooks.should_stop():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.25))
+            self.hooks.heartbeat(False)
+
+    # -- LISTEN/NOTIFY ----------------------------------------------------------------------
+
+    def _wait_for_work(self, timeout: float) -> None:
+        """Block until a NOTIFY on the outbox channel or ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        try:
+            conn = self._listen_conn()
+            while not self.hooks.should_stop():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                for _ in conn.notifies(timeout=min(left, 0.5), stop_after=1):
+                    return
+                self.hooks.heartbeat(False)
+        except psycopg.Error as exc:
+            log.debug("LISTEN connection lost: %s", exc)
+            self._close_listen()
+            self._sleep(max(0.0, deadline - time.monotonic()))
+
+    def _listen_conn(self) -> psycopg.Connection:
+        if self._listen is None or self._listen.closed:
+            self._listen = psycopg.connect(self.settings.database_url, autocommit=True,
+                                           connect_timeout=5,
+                                           application_name="wordloom-outbox-listen")
+            self._listen.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        return self._listen
+
+    def _close_listen(self) -> None:
+        if self._listen is not None:
+            try:
+                self._listen.close()
+            except Exception:
+                pass
+            self._listen = None
+
+    def _refresh_gauges(self, force: bool = False) -> None:
+        if not self.publish_db_gauges or (not force and time.monotonic() < self._next_gauges):
+            return
+        self._next_gauges = time.monotonic() + DB_GAUGE_INTERVAL
+        try:
+            m.publish_db_gauges(self.store.db_gauges())
+        except StoreUnavailable:
+            pass
+
+    def close(self) -> None:
+        self._close_listen()
+        if self._own_pool:
+            self.store.pool.close()
+        self.sink.close()
+
+
+def prepare_index(sink: EsSink, settings: Settings) -> None:
+    """Create the index with the shipped mapping when missing and allowed to. Raises
+    :class:`SinkError` when ES refuses."""
+    if settings.create_index:
+        if sink.ensure_index():
+            log.info("created index %s", settings.elastic_index)
