@@ -126,6 +126,37 @@ def run_foreground_worker(settings: Settings, *, once: bool, until_drained: bool
 
 
 @main.command()
+@click.option("--workers", type=int, default=None, help="Worker children (OUTBOX_WORKERS, default 2).")
+@click.option("--env-file", type=click.Path(dir_okay=False), default=None,
+              help="KEY=VALUE file read at start and again on SIGHUP.")
+def run(workers: int | None, env_file: str | None) -> None:
+    """Run the supervisor: fork the worker children, serve /healthz, /readyz and /metrics."""
+    import os
+    import tempfile
+    from .runtime.logs import setup_logging
+    if workers is not None and workers <= 0:
+        click.echo("configuration error: --workers (OUTBOX_WORKERS) must be > 0", err=True)
+        sys.exit(exitcodes.CONFIG)
+    if env_file:
+        from .runtime.supervisor_env import read_env_file
+        try:
+            os.environ.update(read_env_file(env_file))
+        except (ConfigError, OSError) as exc:
+            click.echo(f"configuration error: --env-file: {exc}", err=True)
+            sys.exit(exitcodes.CONFIG)
+    settings = _settings(workers=workers)
+    # prometheus_client reads PROMETHEUS_MULTIPROC_DIR when metrics are first used: set and
+    # wipe it before importing the metrics module and before the first fork.
+    mp_dir = settings.prometheus_multiproc_dir or os.path.join(
+        tempfile.gettempdir(), f"wordloom-outbox-metrics-{os.getuid()}-{settings.metrics_port}")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
+    from .runtime.supervisor import Supervisor, prepare_multiprocess_dir
+    prepare_multiprocess_dir(mp_dir)
+    setup_logging(settings.log_format, settings.log_level)
+    sys.exit(Supervisor(settings, env_file=env_file).run())
+
+
+@main.command()
 @click.option("--corpus", default=None, help="JSONL corpus file or fortune directory "
               "(default: /usr/share/games/fortunes when installed, else generated text).")
 @click.option("--generate", is_flag=True, help="Generate text even when fortunes are installed.")

@@ -11,3 +11,4 @@ TEMPFAIL = 75         # a dependency (database, ES) unreachable at boot
 CONFIG = 78           # bad configuration: a variable's value, or the environment guard refused
 SCHEMA = 79           # database schema older than the code (run migrate)
 BOOT_FAILED = 80      # parent: a child could not boot; the parent stops instead of looping
+DRAIN_TIMEOUT = 81    # parent: children did not stop within the grace period and were killed

@@ -3,8 +3,8 @@ transaction. Runs in any producer process (the Wordloom API, seed, rebuild, test
 
 ``event_version`` is monotonic per entity: by default the DB clock in microseconds, bumped to
 previous + 1 when not larger, where previous is the larger of the row's version and the
-entity's newest outbox event (so an upsert after a delete outranks the delete). A transaction
-advisory lock per entity serialises concurrent producers of one entity. The outbox trigger
+entity's newest outbox event (so an upsert after a delete outranks the delete). The row lock of
+the upsert or delete serialises concurrent producers of one entity. The outbox trigger
 sends ``NOTIFY search_outbox_events`` so idle workers wake at once.
 """
 
@@ -16,37 +16,42 @@ from typing import Iterable
 
 import psycopg
 
-_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%(t)s || ':' || %(id)s::text, 0))"
-_NEXT_VERSION = """
+_CLOCK_VERSION = """
     GREATEST(
         COALESCE(%(version)s::bigint, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint),
         COALESCE((SELECT max(event_version) FROM search_outbox_events
-                   WHERE entity_type = %(t)s AND entity_id = %(id)s), 0) + 1,
-        COALESCE((SELECT event_version FROM search_index
-                   WHERE entity_type = %(t)s AND entity_id = %(id)s), 0) + 1)
+                   WHERE entity_type = %(t)s::varchar AND entity_id = %(id)s::uuid), 0) + 1)
 """
+# The row lock taken by ON CONFLICT DO UPDATE (or by DELETE) serialises concurrent producers of
+# one entity; the version is bumped against the locked row, so it is monotonic without any
+# lock-table entry per entity (a producer may write many thousands of entities in one
+# transaction).
 _UPSERT = f"""
-WITH v AS (SELECT {_NEXT_VERSION} AS version),
-up AS (
+WITH up AS (
     INSERT INTO search_index AS s (id, entity_type, entity_id, library_id, text, snippet,
                                    rank_score, event_version, created_at, updated_at)
-    SELECT gen_random_uuid(), %(t)s, %(id)s, %(library_id)s, %(text)s, %(snippet)s,
-           %(rank_score)s, v.version, now(), now() FROM v
+    VALUES (gen_random_uuid(), %(t)s::varchar, %(id)s::uuid, %(library_id)s::uuid, %(text)s::text,
+            %(snippet)s::text,
+            %(rank_score)s::float8, {_CLOCK_VERSION}, now(), now())
     ON CONFLICT (entity_type, entity_id) DO UPDATE
        SET library_id = EXCLUDED.library_id, text = EXCLUDED.text, snippet = EXCLUDED.snippet,
-           rank_score = EXCLUDED.rank_score, event_version = EXCLUDED.event_version,
+           rank_score = EXCLUDED.rank_score,
+           event_version = GREATEST(EXCLUDED.event_version, s.event_version + 1),
            updated_at = now()
     RETURNING s.event_version
 )
 INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version)
-SELECT %(t)s, %(id)s, 'upsert', event_version FROM up
+SELECT %(t)s::varchar, %(id)s::uuid, 'upsert', event_version FROM up
 RETURNING event_version
 """
 _DELETE = f"""
-WITH v AS (SELECT {_NEXT_VERSION} AS version),
-gone AS (DELETE FROM search_index WHERE entity_type = %(t)s AND entity_id = %(id)s)
+WITH gone AS (
+    DELETE FROM search_index WHERE entity_type = %(t)s AND entity_id = %(id)s
+    RETURNING event_version
+)
 INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version)
-SELECT %(t)s, %(id)s, 'delete', version FROM v
+SELECT %(t)s, %(id)s, 'delete',
+       GREATEST({_CLOCK_VERSION}, COALESCE((SELECT max(event_version) FROM gone), 0) + 1)
 RETURNING event_version
 """
 _EMIT = """
@@ -75,7 +80,6 @@ def upsert_document(conn: psycopg.Connection, entity_type: str, entity_id: uuid.
     every earlier version of the entity, else the next one)."""
     params = dict(t=entity_type, id=entity_id, text=text, snippet=snippet, rank_score=rank_score,
                   library_id=library_id, version=event_version)
-    conn.execute(_LOCK, params)
     return conn.execute(_UPSERT, params).fetchone()[0]
 
 
@@ -84,7 +88,6 @@ def delete_document(conn: psycopg.Connection, entity_type: str, entity_id: uuid.
     """Delete the entity's ``search_index`` row and write a ``delete`` event with a version
     larger than any earlier one, in the caller's transaction. Returns that version."""
     params = dict(t=entity_type, id=entity_id, version=event_version)
-    conn.execute(_LOCK, params)
     return conn.execute(_DELETE, params).fetchone()[0]
 
 
@@ -96,7 +99,6 @@ def upsert_many(conn: psycopg.Connection, docs: Iterable[Document]) -> int:
         for d in docs:
             params = dict(t=d.entity_type, id=d.entity_id, text=d.text, snippet=d.snippet,
                           rank_score=d.rank_score, library_id=d.library_id, version=None)
-            cur.execute(_LOCK, params)
             cur.execute(_UPSERT, params)
             n += 1
     return n

@@ -20,17 +20,17 @@ BULK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 # Database gauges: computed in one place (the parent, or `work` when run alone).
 lag_events = Gauge("outbox_lag_events", "Pending plus processing events (failed excluded)",
-                   BASE, multiprocess_mode="mostrecent")
+                   BASE, multiprocess_mode="livemostrecent")
 oldest_age_seconds = Gauge("outbox_oldest_age_seconds",
                            "Age in seconds of the oldest pending or processing event",
-                           BASE, multiprocess_mode="mostrecent")
+                           BASE, multiprocess_mode="livemostrecent")
 inflight_events = Gauge("outbox_inflight_events", "Processing events", BASE,
-                        multiprocess_mode="mostrecent")
+                        multiprocess_mode="livemostrecent")
 stuck_processing_events = Gauge("outbox_stuck_processing_events",
                                 "Processing events past their lease", BASE,
-                                multiprocess_mode="mostrecent")
+                                multiprocess_mode="livemostrecent")
 failed_events = Gauge("outbox_failed_events", "Terminal failed events by error_reason",
-                      BASE + ("reason",), multiprocess_mode="mostrecent")
+                      BASE + ("reason",), multiprocess_mode="livemostrecent")
 
 processed_total = Counter("outbox_processed_total",
                           "Events this service moved to done (no-ops and superseded included)",
@@ -58,9 +58,9 @@ es_bulk_request_duration_seconds = Histogram("outbox_es_bulk_request_duration_se
                                              "Seconds per bulk call", BASE,
                                              buckets=BULK_BUCKETS)
 breaker_open = Gauge("outbox_breaker_open", "1 while the sink breaker is open", BASE,
-                     multiprocess_mode="max")
+                     multiprocess_mode="livemax")
 children = Gauge("outbox_children", "Live worker children", BASE,
-                 multiprocess_mode="mostrecent")
+                 multiprocess_mode="livemostrecent")
 child_restarts_total = Counter("outbox_child_restarts_total", "Children respawned", BASE)
 child_hang_kills_total = Counter("outbox_child_hang_kills_total",
                                  "Children killed for a missed heartbeat", BASE)

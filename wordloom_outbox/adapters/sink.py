@@ -54,9 +54,9 @@ def to_failure(exc: BaseException) -> SinkFailure:
         error = body.get("error") if isinstance(body, dict) else None
         return SinkFailure("http", exc.meta.status, error if error is not None else str(body)[:2000])
     if isinstance(exc, elastic_transport.ConnectionTimeout):
-        return SinkFailure("timeout", 0, f"timeout: {exc}")
+        return SinkFailure("timeout", 0, f"timeout: {exc!r}")
     if isinstance(exc, elastic_transport.ConnectionError):
-        return SinkFailure("connect", 0, f"connection_error: {exc}")
+        return SinkFailure("connect", 0, f"connection_error: {exc!r}")
     return SinkFailure("other", 0, f"{type(exc).__name__}: {exc}")
 
 

@@ -32,9 +32,10 @@ DB_GAUGE_INTERVAL = 5.0  # seconds between database gauge refreshes when run alo
 
 @dataclasses.dataclass
 class LoopHooks:
-    """Seams to the parent: ``heartbeat(progress)`` after every loop turn (``progress`` True when
-    a batch finished), ``should_stop()`` polled between batches, ``breaker(open, reason)`` when
-    the sink breaker changes."""
+    """Seams to the parent: ``heartbeat(progress)`` on every loop turn and while waiting
+    (``progress`` True when a claim completed, even an empty one: the database answered and the
+    breaker is closed), ``should_stop()`` polled between batches and while waiting,
+    ``breaker(open, reason)`` when the sink breaker changes."""
 
     heartbeat: Callable[[bool], None] = lambda progress: None
     should_stop: Callable[[], bool] = lambda: False
@@ -100,7 +101,7 @@ class Worker:
                 continue
             self._failures = 0
             self.totals.add(result)
-            self.hooks.heartbeat(result.claimed > 0)
+            self.hooks.heartbeat(True)  # progress: a claim completed, even an empty one
             if once:
                 break
             if result.sink_outcome is not None:

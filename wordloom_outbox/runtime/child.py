@@ -1,0 +1,83 @@
+"""The child after the fork: reset signals, build its own connections, run the worker loop.
+Runs in the child only.
+
+Signals: TERM/INT drain (finish the batch in flight, exit 0); QUIT fast stop (same, no new
+claim, no wait for work). The loop also stops when the parent is gone (``getppid`` changes or the
+heartbeat pipe breaks). Exit codes are those of :mod:`wordloom_outbox.exitcodes`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+
+import psycopg
+
+from .. import exitcodes
+from ..settings import Settings
+from .heartbeat import HeartbeatWriter
+
+log = logging.getLogger("wordloom_outbox.child")
+
+PARENT_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
+
+
+def child_worker_id(settings: Settings) -> str:
+    """``OUTBOX_WORKER_ID`` (or the host) plus this child's pid: unique per child and host."""
+    base = os.environ.get("OUTBOX_WORKER_ID") or socket.gethostname()
+    return f"{base}:{os.getpid()}"
+
+
+def child_main(settings: Settings, slot: int, fd: int, parent_pid: int) -> int:
+    """Run one child until told to stop; returns its exit code."""
+    stop = {"flag": False}
+
+    def on_stop(signum, frame):
+        stop["flag"] = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, on_stop)
+    for sig in PARENT_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL if sig == signal.SIGCHLD else signal.SIG_IGN)
+    signal.set_wakeup_fd(-1)
+
+    hb = HeartbeatWriter(fd)
+    settings = settings.replace(worker_id=child_worker_id(settings))
+    ctx = {"worker_id": settings.worker_id, "slot": slot}
+
+    from ..adapters.sink import EsSink, SinkError
+    from ..ops.migrate import SchemaTooOld, check_schema
+    from .worker import LoopHooks, Worker, prepare_index
+
+    try:
+        with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=10) as conn:
+            check_schema(conn)
+    except SchemaTooOld as exc:
+        hb.boot_failed(exitcodes.SCHEMA, str(exc))
+        return exitcodes.SCHEMA
+    except psycopg.OperationalError as exc:
+        # Not a boot failure of the code: the database may come back. Exit and be respawned.
+        log.warning("database unreachable at boot: %s", str(exc).strip(), extra=ctx)
+        return exitcodes.TEMPFAIL
+    sink = EsSink(settings)
+    try:
+        prepare_index(sink, settings)
+    except SinkError as exc:
+        log.warning("cannot prepare index %s: %s", settings.elastic_index, exc, extra=ctx)
+
+    def should_stop() -> bool:
+        return stop["flag"] or hb.parent_gone or os.getppid() != parent_pid
+
+    worker = Worker(settings, sink=sink,
+                    hooks=LoopHooks(heartbeat=hb.beat, should_stop=should_stop,
+                                    breaker=hb.breaker))
+    hb.ready()
+    try:
+        worker.run()
+    finally:
+        worker.close()
+    if os.getppid() != parent_pid or hb.parent_gone:
+        log.warning("parent %d is gone; child exits", parent_pid, extra=ctx)
+    return exitcodes.OK
