@@ -46,27 +46,32 @@ def main() -> None:
 def migrate(dry_run: bool, confirm_database: str | None, database_url: str | None) -> None:
     """Apply the numbered SQL migrations, guarded by WORDLOOM_ENV."""
     from .ops.migrate import MigrationError, migrate as run_migrate
-    from .settings import ENVIRONMENTS, normalize_database_url
+    from .settings import ENVIRONMENTS, check_database_url, redact_url
     import os
     env = os.environ.get("WORDLOOM_ENV") or None
-    if not database_url:
-        click.echo("configuration error: DATABASE_URL is not set", err=True)
+    try:
+        database_url = check_database_url(database_url)
+    except ConfigError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
         sys.exit(exitcodes.CONFIG)
     if env is not None and env not in ENVIRONMENTS:
         click.echo(f"configuration error: WORDLOOM_ENV={env!r} is not valid: expected one of "
                    f"{', '.join(ENVIRONMENTS)}", err=True)
         sys.exit(exitcodes.CONFIG)
     try:
-        pending = run_migrate(normalize_database_url(database_url), env,
+        pending = run_migrate(database_url, env,
                               confirm_database=confirm_database, dry_run=dry_run)
     except MigrationError as exc:
         click.echo(f"migrate: {exc}", err=True)
         sys.exit(exitcodes.CONFIG)
     except psycopg.OperationalError as exc:
-        from .settings import redact_url
         click.echo(f"migrate: database unreachable ({redact_url(database_url)}): "
-                   f"{str(exc).strip()}", err=True)
+                   f"{redact_url(str(exc).strip())}", err=True)
         sys.exit(exitcodes.TEMPFAIL)
+    except psycopg.ProgrammingError as exc:
+        click.echo(f"configuration error: DATABASE_URL={redact_url(database_url)!r} is not "
+                   f"valid: {redact_url(str(exc).strip())}", err=True)
+        sys.exit(exitcodes.CONFIG)
     if dry_run:
         for mig in pending:
             click.echo(f"would apply {mig.path.name}")

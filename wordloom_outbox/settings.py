@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import socket
 from typing import Callable, Mapping, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -26,14 +27,35 @@ class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the variable."""
 
 
+_USERINFO = re.compile(r"([^:/@\s]+):[^@/\s]*@")
+
+
 def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (for logs and errors)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = (parts.username or "") + ":***"
-    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[1]}"))
+    """Return ``url`` with any password replaced by ``***`` (for logs and errors), also when the
+    URL lacks its scheme (``user:secret@host`` parses as scheme ``user``)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        password = None
+        parts = None
+    if parts is not None and password is not None:
+        netloc = parts.netloc.rsplit("@", 1)
+        user = (parts.username or "") + ":***"
+        return urlunsplit(parts._replace(netloc=f"{user}@{netloc[1]}"))
+    return _USERINFO.sub(r"\1:***@", url, count=1)
+
+
+def check_database_url(raw: str | None) -> str:
+    """The normalised ``DATABASE_URL``; :class:`ConfigError` naming it when missing or not a
+    PostgreSQL URL (the message never shows the password)."""
+    if raw is None or not raw.strip():
+        raise ConfigError("DATABASE_URL is not set: expected postgresql://user@host:port/dbname")
+    url = normalize_database_url(raw.strip())
+    if not url.startswith("postgresql://"):
+        raise ConfigError(f"DATABASE_URL={redact_url(url)!r} is not valid: "
+                          "expected a postgresql:// URL")
+    return url
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,19 +171,24 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
     Raises :class:`ConfigError` naming the first bad variable.
     """
     env = os.environ if env is None else env
-    database_url = overrides.pop("database_url", None) or _get(env, "DATABASE_URL")
-    if database_url is None:
-        raise ConfigError("DATABASE_URL is not set: expected postgresql://user@host:port/dbname")
-    database_url = normalize_database_url(database_url)
-    if not database_url.startswith("postgresql://"):
-        raise ConfigError(f"DATABASE_URL={redact_url(database_url)!r} is not valid: "
-                          "expected a postgresql:// URL")
+    database_url = check_database_url(overrides.pop("database_url", None) or _get(env, "DATABASE_URL"))
 
     elastic_url = overrides.pop("elastic_url", None) or _get(env, "ELASTIC_URL") or "http://127.0.0.1:9200"
-    parts = urlsplit(elastic_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(elastic_url)
+        hostname = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        hostname = None
+    if parts.scheme not in ("http", "https") or not hostname:
         raise ConfigError(f"ELASTIC_URL={redact_url(elastic_url)!r} is not valid: expected "
                           "http://host:port or https://host:port (the scheme is required)")
+    url_user = url_password = None
+    if parts.username is not None:
+        # credentials inside the URL move to the (hidden) username/password settings
+        from urllib.parse import unquote
+        url_user, url_password = unquote(parts.username), unquote(parts.password or "")
+        elastic_url = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
     wordloom_env = _get(env, "WORDLOOM_ENV")
     if wordloom_env is not None and wordloom_env not in ENVIRONMENTS:
@@ -204,8 +231,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         heartbeat_timeout=_seconds(env, "OUTBOX_HEARTBEAT_TIMEOUT_SECONDS", 30.0, minimum=1.0),
         elastic_request_timeout=_seconds(env, "ELASTIC_REQUEST_TIMEOUT_SECONDS", 10.0),
         elastic_api_key=_get(env, "ELASTIC_API_KEY"),
-        elastic_username=_get(env, "ELASTIC_USERNAME"),
-        elastic_password=_get(env, "ELASTIC_PASSWORD"),
+        elastic_username=_get(env, "ELASTIC_USERNAME") or url_user,
+        elastic_password=_get(env, "ELASTIC_PASSWORD") or url_password,
         elastic_ca_certs=_get(env, "ELASTIC_CA_CERTS"),
         enable_search_projection=_parse(env, "ENABLE_SEARCH_PROJECTION", _bool, True, expect="0 or 1"),
         create_index=_parse(env, "OUTBOX_CREATE_INDEX", _bool, True, expect="0 or 1"),

@@ -35,6 +35,8 @@ WORK_CASES = [
     pytest.param({"DATABASE_URL": None}, "DATABASE_URL", id="database-url-missing"),
     pytest.param({"DATABASE_URL": f"mysql://wordloom:{PASSWORD}@127.0.0.1/x"}, "DATABASE_URL",
                  id="database-url-not-postgres"),
+    pytest.param({"DATABASE_URL": f"wordloom:{PASSWORD}@127.0.0.1:1/nowhere_test"}, "DATABASE_URL",
+                 id="database-url-no-scheme-with-password"),
     pytest.param({"ELASTIC_URL": "localhost:9200"}, "ELASTIC_URL", id="elastic-url-no-scheme"),
     pytest.param({"OUTBOX_BULK_SIZE": "0"}, "OUTBOX_BULK_SIZE", id="bulk-size-zero"),
     pytest.param({"OUTBOX_BATCH_SIZE": "0"}, "OUTBOX_BATCH_SIZE", id="batch-size-zero-fallback"),
@@ -70,9 +72,14 @@ def test_work_with_good_configuration_gets_past_the_config_check():
 @pytest.mark.parametrize("changes, variable", [
     pytest.param({"DATABASE_URL": None}, "DATABASE_URL", id="database-url-missing"),
     pytest.param({"WORDLOOM_ENV": "production"}, "WORDLOOM_ENV", id="env-unknown"),
+    pytest.param({"DATABASE_URL": f"mysql://wordloom:{PASSWORD}@127.0.0.1:1/nowhere_test"},
+                 "DATABASE_URL", id="database-url-not-postgres"),
+    pytest.param({"DATABASE_URL": f"wordloom:{PASSWORD}@127.0.0.1:1/nowhere_test"},
+                 "DATABASE_URL", id="database-url-no-scheme-with-password"),
 ])
 def test_migrate_with_bad_configuration_exits_78_naming_the_variable(changes, variable):
     proc = run_cli(["migrate"], changes)
     assert proc.returncode == exitcodes.CONFIG, (proc.returncode, proc.stderr)
     assert variable in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert PASSWORD not in proc.stderr + proc.stdout

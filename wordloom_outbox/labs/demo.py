@@ -1,8 +1,8 @@
 """``make run``: the main job on embedded servers, end to end, through the real CLI.
 
 Runs in: the operator's process. Starts a private PostgreSQL (own data directory, free port),
-osmem-server and our ES proxy in front of it; then ``migrate``, ``seed``, the workers until the
-outbox is drained, and ``verify``. Prints ``verify: ok rows=...`` last and exits with verify's
+osmem-server and our ES proxy in front of it; then ``migrate``, ``seed``, the supervisor
+(``wordloom-outbox run``) until the outbox is drained, SIGTERM, and ``verify``. Prints ``verify: ok rows=...`` last and exits with verify's
 code, after stopping everything it started.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,16 +29,36 @@ def cli(env: dict, *args: str, check: bool = True, capture: bool = False) -> sub
     return proc
 
 
-def drain(env: dict, workers: int) -> None:
-    """``workers`` foreground worker processes, each until nothing is due."""
-    procs = []
-    for slot in range(workers):
-        wenv = dict(env, OUTBOX_WORKER_ID=f"demo-{slot}:{os.getpid()}")
-        procs.append(subprocess.Popen([sys.executable, "-m", "wordloom_outbox.cli", "work",
-                                       "--until-drained"], env=wenv))
-    codes = [p.wait() for p in procs]
-    if any(codes):
-        raise SystemExit(f"demo: worker exit codes {codes}")
+def drain(env: dict, workers: int, timeout: float = 3600.0) -> None:
+    """Start ``wordloom-outbox run`` (the supervisor with ``workers`` children), wait until no
+    event is pending or processing, then SIGTERM it and require exit 0."""
+    import psycopg
+    import tempfile
+    from .embedded import free_port
+    senv = dict(env, OUTBOX_HTTP_PORT=str(free_port()), OUTBOX_METRICS_PORT=str(free_port()),
+                PROMETHEUS_MULTIPROC_DIR=tempfile.mkdtemp(prefix="wordloom-demo-metrics-"))
+    proc = subprocess.Popen([sys.executable, "-m", "wordloom_outbox.cli", "run",
+                             "--workers", str(workers)], env=senv)
+    deadline = time.monotonic() + timeout
+    try:
+        with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
+            while True:
+                left = conn.execute("SELECT count(*) FROM search_outbox_events WHERE status IN "
+                                    "('pending', 'processing')").fetchone()[0]
+                if left == 0:
+                    break
+                if proc.poll() is not None:
+                    raise SystemExit(f"demo: supervisor exited {proc.returncode} with {left} "
+                                     "events left")
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"demo: {left} events still due after {timeout:.0f} s")
+                time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        code = proc.wait(120)
+    if code != 0:
+        raise SystemExit(f"demo: supervisor exited {code} after SIGTERM")
 
 
 def main(argv: list[str] | None = None) -> int:

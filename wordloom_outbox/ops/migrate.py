@@ -179,7 +179,8 @@ def migrate(database_url: str, wordloom_env: str | None, *, confirm_database: st
             for line in constraint_report(conn):
                 echo(line)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+            if not conn.broken:  # a dead connection released the lock already; keep its error
+                conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
     return pending
 
 

@@ -96,6 +96,8 @@ class Supervisor:
             signal.signal(sig, self._record_signal)
         log.info("supervisor %d: %d children, health %s:%d, metrics %s:%d", self.pid, self.target,
                  s.http_host, self.health.server_port, s.http_host, self.metrics.server_port)
+        m.base(m.child_restarts_total)
+        m.base(m.child_hang_kills_total)
         self.state = "running"
         try:
             while self.state != "stopped":

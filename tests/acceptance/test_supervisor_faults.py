@@ -1,0 +1,169 @@
+"""The supervisor under faults and under supervisord (SPEC 7-9): a child stuck in an ES call, the
+database stopped, boot failures, a live scrape checked by promtool, the shipped supervisord
+program definition."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import textwrap
+import time
+
+import pytest
+
+from ..conftest import ROOT, cli_cmd, conn_url, subprocess_env
+from ..integration.helpers import produce
+from .service import Service, done_count, pid_alive, status_counts, wait_for
+
+
+@pytest.fixture
+def service_factory(env):
+    started = []
+
+    def make(workers=2, **extra):
+        svc = Service(env, workers=workers, extra=extra).start()
+        started.append(svc)
+        return svc
+
+    yield make
+    for svc in started:
+        svc.stop()
+
+
+def test_child_stuck_in_an_es_call_is_killed_and_replaced(service_factory, db_url, es_proxy):
+    # The ES request timeout (lease / 3 = 6.7 s) outlasts the heartbeat timeout (3 s): the child
+    # sits in a call that does not return as far as the supervisor can tell.
+    svc = service_factory(workers=1, OUTBOX_HEARTBEAT_TIMEOUT_SECONDS="3",
+                          OUTBOX_LEASE_SECONDS="20", ELASTIC_REQUEST_TIMEOUT_SECONDS="60")
+    (stuck,) = svc.wait_children(1)
+    es_proxy.set_fault("hang", path_contains="_bulk")
+    produce(db_url, 50)
+    wait_for(lambda: es_proxy.state()["counters"].get("hanging", 0) >= 1, 20, "a hanging bulk")
+    # /healthz shows the silent child meanwhile
+    seen = wait_for(lambda: [c for c in svc.health("healthz")[1]["children"]
+                             if c["pid"] == stuck and c["heartbeat_age_seconds"] > 2], 10,
+                    "the stuck child's heartbeat age to grow")
+    assert seen
+    replacement = wait_for(lambda: (lambda p: p if p and stuck not in p else None)(
+        svc.child_pids()), 20, "the stuck child to be replaced")
+    assert not pid_alive(stuck)
+    wait_for(lambda: svc.metric_sum("outbox_child_hang_kills_total") == 1, 5, "a hang kill counted")
+    es_proxy.clear_fault()
+    wait_for(lambda: done_count(db_url) == 50, 60, "events reclaimed after the lease and done")
+    assert status_counts(db_url) == {"done": 50}
+    print(f"stuck child {stuck} replaced by {replacement}")
+
+
+def test_database_stopped_makes_readyz_503_then_recovers_without_restart(service_factory, db_url,
+                                                                         pg_server):
+    svc = service_factory(workers=2)
+    children = svc.wait_children(2)
+    wait_for(lambda: svc.health("readyz")[0] == 200, 20, "ready")
+    pg_server.server.stop()
+    try:
+        status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(svc.health("readyz")),
+                                15, "readyz 503")
+        assert "database unreachable" in body["reason"] or "progress" in body["reason"], body
+        time.sleep(20)
+        assert svc.health("readyz")[0] == 503
+        assert svc.health("healthz")[0] == 200  # a restart would fix nothing: still live
+    finally:
+        pg_server.server.start()
+    wait_for(lambda: svc.health("readyz")[0] == 200, 60, "readyz 200 again")
+    produce(db_url, 100)
+    wait_for(lambda: done_count(db_url) == 100, 60, "events processed after the outage")
+    assert svc.proc.poll() is None
+    assert set(svc.child_pids()) <= set(children) | set(svc.child_pids())
+
+
+def test_boot_refuses_an_unmigrated_database_and_a_bad_configuration(empty_db, env):
+    bad_schema = subprocess.run(cli_cmd("run", "--workers", "1"), capture_output=True, text=True,
+                                env=subprocess_env({**env, "DATABASE_URL": conn_url(empty_db)}),
+                                timeout=60)
+    assert bad_schema.returncode == 79, bad_schema.stderr
+    assert "older than the code" in bad_schema.stderr
+    bad_config = subprocess.run(cli_cmd("run"), capture_output=True, text=True, timeout=60,
+                                env=subprocess_env({**env, "OUTBOX_LEASE_SECONDS": "soon"}))
+    assert bad_config.returncode == 78 and "OUTBOX_LEASE_SECONDS" in bad_config.stderr
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    assert path, "promtool not found: install Debian's prometheus package (bin/bootstrap does as root)"
+    return path
+
+
+def test_promtool_check_metrics_on_a_live_scrape(service_factory, db_url):
+    svc = service_factory(workers=2)
+    svc.wait_children(2)
+    produce(db_url, 500)
+    wait_for(lambda: done_count(db_url) == 500, 60, "events done")
+    wait_for(lambda: svc.metric_sum("outbox_processed_total") == 500, 10, "counters")
+    scrape = svc.metrics_text()
+    for name in ("outbox_lag_events", "outbox_oldest_age_seconds", "outbox_inflight_events",
+                 "outbox_stuck_processing_events", "outbox_failed_events",
+                 "outbox_processed_total", "outbox_event_latency_seconds_bucket",
+                 "outbox_es_bulk_requests_total", "outbox_es_bulk_items_total",
+                 "outbox_es_bulk_request_duration_seconds_bucket", "outbox_breaker_open",
+                 "outbox_children"):
+        assert name in scrape, name
+    result = subprocess.run([promtool(), "check", "metrics"], input=scrape, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), (
+        result.stdout + result.stderr)
+
+
+def test_real_supervisord_starts_and_drains_the_shipped_program(env, db_url, tmp_path):
+    svc = Service(env, workers=2)  # for its ports and environment only; supervisord starts it
+    sock = tmp_path / "supervisor.sock"
+    logdir = tmp_path / "log"
+    logdir.mkdir()
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(textwrap.dedent(f"""
+        [unix_http_server]
+        file={sock}
+        [supervisord]
+        nodaemon=true
+        logfile={tmp_path}/supervisord.log
+        pidfile={tmp_path}/supervisord.pid
+        childlogdir={logdir}
+        [rpcinterface:supervisor]
+        supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+        [supervisorctl]
+        serverurl=unix://{sock}
+        [include]
+        files={ROOT}/etc/supervisord.conf
+        """))
+    env_sd = dict(svc.env, WORDLOOM_OUTBOX_HOME=str(ROOT), WORDLOOM_OUTBOX_LOG_DIR=str(logdir),
+                  WORDLOOM_OUTBOX_PYTHON=os.sys.executable)
+    bindir = os.path.dirname(os.sys.executable)
+    supervisord = subprocess.Popen([os.path.join(bindir, "supervisord"), "-c", str(conf)],
+                                   env=env_sd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ctl = [os.path.join(bindir, "supervisorctl"), "-c", str(conf)]
+    try:
+        def status():
+            return subprocess.run(ctl + ["status", "wordloom-outbox"], capture_output=True,
+                                  text=True, env=env_sd).stdout
+        wait_for(lambda: "RUNNING" in status(), 30, "supervisorctl status RUNNING")
+        children = svc.wait_children(2)
+        produce(db_url, 2000)
+        wait_for(lambda: done_count(db_url) > 0, 30, "progress")
+        main_pid = svc.health("healthz")[1]["pid"]
+        started = time.monotonic()
+        stop = subprocess.run(ctl + ["stop", "wordloom-outbox"], capture_output=True, text=True,
+                              env=env_sd, timeout=60)
+        took = time.monotonic() - started
+        assert "stopped" in stop.stdout, stop.stdout + stop.stderr
+        assert took < 45  # within stopwaitsecs: drained, not SIGKILLed
+        log = (logdir / "wordloom-outbox.log").read_text()
+        assert "supervisor exits 0" in log, log[-2000:]
+        assert not any(pid_alive(p) for p in children + [main_pid])
+        assert "processing" not in status_counts(db_url)
+        sd_log = (tmp_path / "supervisord.log").read_text()
+        assert "exit status 0; expected" in sd_log or "stopped: wordloom-outbox (exit status 0)" in sd_log, sd_log[-2000:]
+    finally:
+        supervisord.send_signal(signal.SIGTERM)
+        supervisord.wait(30)
