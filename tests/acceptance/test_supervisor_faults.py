@@ -12,6 +12,7 @@ import tempfile
 import textwrap
 import time
 
+import psycopg
 import pytest
 
 from ..conftest import ROOT, cli_cmd, conn_url, subprocess_env
@@ -167,3 +168,31 @@ def test_real_supervisord_starts_and_drains_the_shipped_program(env, db_url, tmp
     finally:
         supervisord.send_signal(signal.SIGTERM)
         supervisord.wait(30)
+
+
+def test_es_outage_opens_one_shared_breaker_and_children_stop_claiming(service_factory, db_url,
+                                                                       es_proxy):
+    svc = service_factory(workers=3, OUTBOX_MAX_BACKOFF_SECONDS="2")
+    svc.wait_children(3)
+    wait_for(lambda: svc.health("readyz")[0] == 200, 20, "ready")
+    es_proxy.set_fault("status", status=503)
+    produce(db_url, 300)
+    status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(svc.health("readyz")),
+                            20, "readyz 503")
+    assert "breaker open" in body["reason"], body
+    wait_for(lambda: svc.metric_sum("outbox_breaker_open") == 1, 10, "breaker gauge 1")
+    seen_before = es_proxy.state()["counters"]["seen"]
+    time.sleep(8)
+    during = es_proxy.state()["counters"]["seen"] - seen_before
+    # one prober with jittered backoff (cap 2 s), not three children hammering
+    assert during <= 12, during
+    rows = status_counts(db_url)
+    assert rows.get("done", 0) == 0 and rows.get("failed", 0) == 0, rows
+    with psycopg.connect(db_url) as conn:
+        attempts = conn.execute("SELECT max(attempts) FROM search_outbox_events").fetchone()[0]
+    assert attempts == 0
+    es_proxy.clear_fault()
+    wait_for(lambda: done_count(db_url) == 300, 60, "all done after ES is back")
+    wait_for(lambda: svc.health("readyz")[0] == 200, 20, "readyz 200 again")
+    wait_for(lambda: svc.metric_sum("outbox_breaker_open") == 0, 10, "breaker gauge 0")
+    print(f"ES requests in 8 s of outage with 3 children: {during}")

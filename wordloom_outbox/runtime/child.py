@@ -30,7 +30,20 @@ def child_worker_id(settings: Settings) -> str:
     return f"{base}:{os.getpid()}"
 
 
-def child_main(settings: Settings, slot: int, fd: int, parent_pid: int) -> int:
+def read_shared_breaker(path: str | None) -> str | None:
+    """The reason in the parent's breaker file when it says open, else None."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            state, _, reason = fh.read().partition(" ")
+    except OSError:
+        return None
+    return reason.strip() or "es unavailable" if state == "open" else None
+
+
+def child_main(settings: Settings, slot: int, fd: int, parent_pid: int,
+               breaker_path: str | None = None) -> int:
     """Run one child until told to stop; returns its exit code."""
     stop = {"flag": False}
 
@@ -70,9 +83,19 @@ def child_main(settings: Settings, slot: int, fd: int, parent_pid: int) -> int:
     def should_stop() -> bool:
         return stop["flag"] or hb.parent_gone or os.getppid() != parent_pid
 
+    own = {"open": False}
+
+    def on_breaker(is_open: bool, reason: str) -> None:
+        own["open"] = is_open
+        hb.breaker(is_open, reason)
+
+    def shared_breaker() -> str | None:
+        # the child that opened the breaker probes; the others wait for the parent's word
+        return None if own["open"] else read_shared_breaker(breaker_path)
+
     worker = Worker(settings, sink=sink,
                     hooks=LoopHooks(heartbeat=hb.beat, should_stop=should_stop,
-                                    breaker=hb.breaker))
+                                    breaker=on_breaker, shared_breaker=shared_breaker))
     hb.ready()
     try:
         worker.run()

@@ -17,7 +17,9 @@ import errno
 import logging
 import os
 import select
+import shutil
 import signal
+import tempfile
 import time
 import urllib.request
 from typing import Callable
@@ -85,6 +87,10 @@ class Supervisor:
             log.error("cannot start: database unreachable (%s): %s", s.redacted_database_url(),
                       str(exc).strip())
             return exitcodes.TEMPFAIL
+        self.run_dir = tempfile.mkdtemp(prefix="wordloom-outbox-run-")
+        self.breaker_path = os.path.join(self.run_dir, "breaker")
+        self._breaker_written = None
+        self._write_breaker()
         self.health = serve(s.http_host, s.http_port, health_app(self.report))
         self.metrics = serve(s.http_host, s.metrics_port, metrics_app(render_metrics))
         self.servers = [self.health, self.metrics]
@@ -106,6 +112,7 @@ class Supervisor:
             for server in self.servers:
                 server.server_close()
             signal.set_wakeup_fd(-1)
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         if self.exit_reason:
             log.error("supervisor exits %d: %s", self.exit_code, self.exit_reason)
         else:
@@ -138,6 +145,7 @@ class Supervisor:
             self._refresh_status()
             self.next_status = self.clock() + STATUS_INTERVAL
         m.base(m.children).set(len(self.children))
+        self._write_breaker()
         fds = [self._wake_r] + [srv.fileno() for srv in self.servers] + [c.fd for c in self.children.values()]
         try:
             readable, _, _ = select.select(fds, [], [], 0.25)
@@ -240,7 +248,7 @@ class Supervisor:
             try:
                 os.close(r)
                 self._close_in_child()
-                code = child_mod.child_main(self.settings, slot, w, self.pid)
+                code = child_mod.child_main(self.settings, slot, w, self.pid, self.breaker_path)
             except BaseException:  # noqa: B902 - the child must never return into the parent loop
                 logging.getLogger("wordloom_outbox.child").exception("child crashed")
             finally:
@@ -356,6 +364,25 @@ class Supervisor:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+    def _write_breaker(self) -> None:
+        """Publish the shared sink breaker to the children: ``open <reason>`` while any child
+        reports it open (that child probes ES; the others stop claiming), else ``closed``.
+        A dead child's breaker closes with it."""
+        opened = [c for c in self.children.values() if c.breaker_open]
+        state = f"open {opened[0].breaker_reason}" if opened else "closed"
+        if state == self._breaker_written:
+            return
+        tmp = self.breaker_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(state)
+        os.replace(tmp, self.breaker_path)
+        self._breaker_written = state
+        m.base(m.breaker_open).set(1 if opened else 0)
+        if opened:
+            log.warning("shared breaker %s (child %d probes ES)", state, opened[0].pid)
+        else:
+            log.info("shared breaker closed")
 
     # -- status, health and readiness -------------------------------------------------------
 

@@ -27,6 +27,7 @@ from .batch import BatchProcessor, BatchResult
 log = logging.getLogger("wordloom_outbox.worker")
 
 NOTIFY_CHANNEL = "search_outbox_events"
+PROBE_CAP = 10.0  # seconds: longest wait between two ES probes while the breaker is open
 DB_GAUGE_INTERVAL = 5.0  # seconds between database gauge refreshes when run alone
 
 
@@ -35,11 +36,14 @@ class LoopHooks:
     """Seams to the parent: ``heartbeat(progress)`` on every loop turn and while waiting
     (``progress`` True when a claim completed, even an empty one: the database answered and the
     breaker is closed), ``should_stop()`` polled between batches and while waiting,
-    ``breaker(open, reason)`` when the sink breaker changes."""
+    ``breaker(open, reason)`` when this child opens or closes the sink breaker,
+    ``shared_breaker()`` the reason another child holds the breaker open (None when closed):
+    this child then claims nothing and leaves the probing to that child (SPEC 6)."""
 
     heartbeat: Callable[[bool], None] = lambda progress: None
     should_stop: Callable[[], bool] = lambda: False
     breaker: Callable[[bool, str], None] = lambda is_open, reason: None
+    shared_breaker: Callable[[], str | None] = lambda: None
 
 
 @dataclasses.dataclass
@@ -79,6 +83,7 @@ class Worker:
         self._listen: psycopg.Connection | None = None
         self._next_gauges = 0.0
         self._failures = 0
+        self._shared_open = False
         # every series exists from the start, at zero (a scrape shows the whole set)
         m.base(m.breaker_open).set(0)
         for metric in (m.stale_ack_total, m.reclaimed_total, m.es_bulk_request_duration_seconds,
@@ -95,6 +100,8 @@ class Worker:
                  extra={"worker_id": s.worker_id})
         while not self.hooks.should_stop():
             self._refresh_gauges()
+            if self._held_by_shared_breaker():
+                continue
             try:
                 result = self.processor.run_once()
             except StoreUnavailable as exc:
@@ -121,6 +128,24 @@ class Worker:
         self._refresh_gauges(force=True)
         return self.totals
 
+    def _held_by_shared_breaker(self) -> bool:
+        """True (after a short wait) while another child holds the sink breaker open."""
+        reason = self.hooks.shared_breaker()
+        if reason is None:
+            if self._shared_open:
+                self._shared_open = False
+                m.base(m.breaker_open).set(0)
+                log.info("shared breaker closed; claiming again",
+                         extra={"worker_id": self.settings.worker_id})
+            return False
+        if not self._shared_open:
+            self._shared_open = True
+            m.base(m.breaker_open).set(1)
+            log.warning("shared breaker open (%s): not claiming", reason,
+                        extra={"worker_id": self.settings.worker_id})
+        self._sleep(min(self.settings.poll_interval, 0.5))
+        return True
+
     def _breaker_wait(self, reason: str) -> None:
         """Sink unavailable: stop claiming and probe ES with jittered backoff until it answers."""
         s = self.settings
@@ -129,7 +154,8 @@ class Worker:
         log.warning("breaker open (%s): probing ES", reason, extra={"worker_id": s.worker_id})
         tries = 0
         while not self.hooks.should_stop():
-            self._sleep(full_jitter_backoff(tries, s.base_backoff, s.max_backoff, self.rng) + 0.05)
+            self._sleep(full_jitter_backoff(tries, s.base_backoff, min(s.max_backoff, PROBE_CAP),
+                                            self.rng) + 0.05)
             tries += 1
             failure = self.sink.ping()
             if failure is None or classify_failure(failure).kind not in (Kind.UNAVAILABLE,):
