@@ -19,5 +19,8 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+snapshot: $(VENV)/.installed
+	$(PY) -m wordloom_outbox.cli labs run --all --out snapshots
+
 clean:
 	rm -rf $(VENV) build *.egg-info snapshots

@@ -40,11 +40,15 @@ class BatchResult:
 
 
 class BatchProcessor:
-    """Runs batches for one worker id. ``clock`` is a monotonic clock in seconds (a seam)."""
+    """Runs batches for one worker id. ``clock`` is a monotonic clock in seconds (a seam);
+    ``heartbeat()`` is called before every bulk request, so a batch of many slow requests still
+    shows a live loop while a single request that never returns does not."""
 
     def __init__(self, store: OutboxStore, sink: EsSink, settings: Settings, *,
-                 rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic):
+                 rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic,
+                 heartbeat: Callable[[], None] = lambda: None):
         self.store, self.sink, self.settings = store, sink, settings
+        self.heartbeat = heartbeat  # called before every bulk request: the loop is turning
         self.rng = rng or random.Random()
         self.clock = clock
 
@@ -98,6 +102,7 @@ class BatchProcessor:
                 outcome = Outcome(Kind.UNAVAILABLE, "lease_lost", "lease could not be renewed")
                 decisions += [self._decide(a.event, outcome) for a in held]
                 continue
+            self.heartbeat()
             outcomes = self._send(chunk, result, queue, ctx)
             if outcomes is None:
                 continue  # split and requeued
@@ -149,6 +154,9 @@ class BatchProcessor:
             m.labelled(m.es_bulk_requests_total, "failed").inc()
             return [outcome] * len(chunk)
         outcomes = [classify_item(action, item) for action, item in items]
+        if all(o.kind is Kind.UNAVAILABLE for o in outcomes) and outcomes[0].reason == "es_blocked":
+            # every item refused by a write block: the sink is unavailable as a whole
+            result.sink_outcome = outcomes[0]
         ok = sum(1 for o in outcomes if o.kind in (Kind.SUCCESS, Kind.NOOP))
         m.labelled(m.es_bulk_requests_total,
                    "success" if ok == len(chunk) else ("failed" if ok == 0 else "partial")).inc()

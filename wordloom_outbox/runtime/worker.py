@@ -77,13 +77,16 @@ class Worker:
         self.store = store or OutboxStore(make_pool(settings.database_url, name=settings.worker_id))
         self.sink = sink or EsSink(settings)
         self.rng = rng or random.Random()
-        self.processor = BatchProcessor(self.store, self.sink, settings, rng=self.rng)
+        self.processor = BatchProcessor(self.store, self.sink, settings, rng=self.rng,
+                                        heartbeat=lambda: self.hooks.heartbeat(False))
         self.publish_db_gauges = publish_db_gauges
         self.totals = Totals()
         self._listen: psycopg.Connection | None = None
         self._next_gauges = 0.0
         self._failures = 0
         self._shared_open = False
+        self._breaker_is_open = False
+        self._trips = 0
         # every series exists from the start, at zero (a scrape shows the whole set)
         m.base(m.breaker_open).set(0)
         for metric in (m.stale_ack_total, m.reclaimed_total, m.es_bulk_request_duration_seconds,
@@ -119,6 +122,8 @@ class Worker:
             if result.sink_outcome is not None:
                 self._breaker_wait(result.sink_outcome.reason or "es")
                 continue
+            if self._breaker_is_open:
+                self._close_breaker(result)
             if result.claimed >= s.bulk_size:
                 continue
             if result.claimed == 0 and until_drained:
@@ -147,22 +152,36 @@ class Worker:
         return True
 
     def _breaker_wait(self, reason: str) -> None:
-        """Sink unavailable: stop claiming and probe ES with jittered backoff until it answers."""
+        """Sink unavailable: open the breaker (this child probes, the others stop claiming), wait
+        a jittered backoff that grows with consecutive trips, then probe ``GET /`` until ES
+        answers. The breaker stays open (half-open) until the next batch shows the sink works;
+        a write block, which ``GET /`` cannot see, thus backs off instead of spinning."""
         s = self.settings
-        m.base(m.breaker_open).set(1)
-        self.hooks.breaker(True, reason)
-        log.warning("breaker open (%s): probing ES", reason, extra={"worker_id": s.worker_id})
+        self._trips += 1
+        if not self._breaker_is_open:
+            self._breaker_is_open = True
+            m.base(m.breaker_open).set(1)
+            self.hooks.breaker(True, reason)
+            log.warning("breaker open (%s): probing ES", reason, extra={"worker_id": s.worker_id})
+        cap = min(s.max_backoff, PROBE_CAP, s.base_backoff * 2 ** min(self._trips, 30))
+        self._sleep(cap / 2 + self.rng.uniform(0, cap / 2))
         tries = 0
         while not self.hooks.should_stop():
+            failure = self.sink.ping()
+            if failure is None or classify_failure(failure).kind is not Kind.UNAVAILABLE:
+                return
+            tries += 1
             self._sleep(full_jitter_backoff(tries, s.base_backoff, min(s.max_backoff, PROBE_CAP),
                                             self.rng) + 0.05)
-            tries += 1
-            failure = self.sink.ping()
-            if failure is None or classify_failure(failure).kind not in (Kind.UNAVAILABLE,):
-                break
+
+    def _close_breaker(self, result: BatchResult) -> None:
+        """A batch after the breaker wait found the sink usable: close it for every child."""
+        self._breaker_is_open = False
+        if result.requests:
+            self._trips = 0
         m.base(m.breaker_open).set(0)
         self.hooks.breaker(False, "")
-        log.info("breaker closed after %d probes", tries, extra={"worker_id": s.worker_id})
+        log.info("breaker closed", extra={"worker_id": self.settings.worker_id})
 
     def _sleep(self, seconds: float) -> None:
         """Sleep in short steps, heartbeating and honouring stop requests."""

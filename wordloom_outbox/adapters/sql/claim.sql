@@ -1,6 +1,8 @@
--- Claim up to %(limit)s events in one statement (SPEC 4.1): stuck ones first (processing past
--- their lease or past OUTBOX_MAX_PROCESSING_SECONDS: a reclaim, which uses up an attempt and
--- is terminal 'lease_expired' at the limit), then due pending ones in FIFO (seq) order.
+-- Claim up to %(limit)s events in one statement (SPEC 4.1). A stuck event (processing past its
+-- lease or past OUTBOX_MAX_PROCESSING_SECONDS) is reclaimed ALONE: it may be a poison event that
+-- crashes whoever holds it, so it must not take a batch of innocent events down with it again.
+-- A reclaim uses up an attempt and is terminal 'lease_expired' at the limit. Without a stuck
+-- event, due pending events are claimed in FIFO (seq) order.
 -- SKIP LOCKED makes concurrent claimers take disjoint rows. Each claim gets a new lease token.
 WITH stuck AS (
     SELECT id, status, owner
@@ -9,7 +11,7 @@ WITH stuck AS (
        AND (lease_until < now()
             OR processing_started_at < now() - make_interval(secs => %(max_processing)s))
      ORDER BY lease_until
-     LIMIT %(limit)s
+     LIMIT 1
        FOR UPDATE SKIP LOCKED
 ), fresh AS (
     SELECT id, status, owner
@@ -17,7 +19,7 @@ WITH stuck AS (
      WHERE status = 'pending'
        AND (next_retry_at IS NULL OR next_retry_at <= now())
      ORDER BY seq
-     LIMIT GREATEST(0, %(limit)s - (SELECT count(*) FROM stuck))
+     LIMIT CASE WHEN EXISTS (SELECT 1 FROM stuck) THEN 0 ELSE %(limit)s END
        FOR UPDATE SKIP LOCKED
 ), picked AS (
     SELECT id, status = 'processing' AS reclaimed, owner FROM stuck

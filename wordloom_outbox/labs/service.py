@@ -1,0 +1,146 @@
+"""Driving the real service (``wordloom-outbox run``) as a subprocess: free ports, its own metrics
+directory, HTTP endpoints, signals. Used by tests and drills. Runs in the driver's process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from typing import Callable
+
+from .embedded import free_port
+
+
+def wait_for(cond: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
+    """Poll ``cond`` until it returns a truthy value and return it; AssertionError naming
+    ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = cond()
+        except Exception as exc:  # keep polling; report the last error on timeout
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def cli_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "wordloom_outbox.cli", *args]
+
+
+class ServiceProc:
+    """One ``wordloom-outbox run`` process with its own ports and metrics directory.
+
+    ``env`` is the full environment of the process; ports and the metrics directory are added,
+    short heartbeat (5 s) and grace (20 s) defaults when ``env`` has none; ``extra`` wins."""
+
+    def __init__(self, env: dict[str, str], workers: int = 2, extra: dict[str, str] | None = None,
+                 log_path: str | None = None, mp_dir: str | None = None):
+        self.http_port, self.metrics_port = free_port(), free_port()
+        self.mp_dir = mp_dir or tempfile.mkdtemp(prefix="wo-metrics-")
+        self.log_path = log_path or tempfile.mktemp(prefix="wo-service-", suffix=".log")
+        self.env = {"OUTBOX_HEARTBEAT_TIMEOUT_SECONDS": "5",
+                    "OUTBOX_SHUTDOWN_GRACE_SECONDS": "20",
+                    **env, "OUTBOX_HTTP_PORT": str(self.http_port),
+                    "OUTBOX_METRICS_PORT": str(self.metrics_port),
+                    "PROMETHEUS_MULTIPROC_DIR": self.mp_dir, **(extra or {})}
+        self.workers = workers
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    def start(self, timeout: float = 30.0) -> "ServiceProc":
+        self._log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(cli_cmd("run", "--workers", str(self.workers)), env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.health("healthz")[1].get("children") is not None, timeout,
+                 "the service to answer /healthz")
+        return self
+
+    def log(self) -> str:
+        with open(self.log_path) as fh:
+            return fh.read()
+
+    def get(self, port: int, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def health(self, kind: str) -> tuple[int, dict]:
+        status, body = self.get(self.http_port, f"/{kind}")
+        return status, json.loads(body)
+
+    def metrics_text(self) -> str:
+        return self.get(self.metrics_port, "/metrics")[1].decode()
+
+    def metric_sum(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        return metric_sum(self.metrics_text(), name, **labels)
+
+    def child_pids(self) -> list[int]:
+        return [c["pid"] for c in self.health("healthz")[1]["children"] if not c["stopping"]]
+
+    def wait_children(self, n: int, timeout: float = 30) -> list[int]:
+        def ready():
+            body = self.health("healthz")[1]
+            live = [c for c in body["children"] if not c["stopping"]]
+            return [c["pid"] for c in live] if len(live) == n and all(c["ready"] for c in live) else None
+        return wait_for(ready, timeout, f"{n} ready children")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM and wait (SIGKILL after ``timeout``); returns the exit code."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log:
+            self._log.close()
+            self._log = None
+        return self.proc.returncode if self.proc else None
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` in exposition ``text`` whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
