@@ -75,14 +75,14 @@ class Settings:
     bulk_size: int = 500
     bulk_max_bytes: int = 5 * 1024 * 1024
     poll_interval: float = 1.0
-    lease_seconds: float = 30.0
+    lease_seconds: float = 60.0
     max_processing_seconds: float = 600.0
     max_attempts: int = 10
     base_backoff: float = 0.5
     max_backoff: float = 60.0
     shutdown_grace: float = 30.0
     heartbeat_timeout: float = 30.0
-    elastic_request_timeout: float = 10.0
+    elastic_request_timeout: float = 20.0
     elastic_api_key: str | None = dataclasses.field(default=None, repr=False)
     elastic_username: str | None = None
     elastic_password: str | None = dataclasses.field(default=None, repr=False)
@@ -222,14 +222,14 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         bulk_max_bytes=_parse(env, "OUTBOX_BULK_MAX_BYTES", int, 5 * 1024 * 1024,
                               lambda v: v >= 1024, "a number of bytes >= 1024"),
         poll_interval=_seconds(env, "OUTBOX_POLL_INTERVAL_SECONDS", 1.0),
-        lease_seconds=_seconds(env, "OUTBOX_LEASE_SECONDS", 30.0, minimum=1.0),
+        lease_seconds=_seconds(env, "OUTBOX_LEASE_SECONDS", 60.0, minimum=1.0),
         max_processing_seconds=_seconds(env, "OUTBOX_MAX_PROCESSING_SECONDS", 600.0, minimum=1.0),
         max_attempts=_positive_int(env, "OUTBOX_MAX_ATTEMPTS", 10),
         base_backoff=_seconds(env, "OUTBOX_BASE_BACKOFF_SECONDS", 0.5),
         max_backoff=_seconds(env, "OUTBOX_MAX_BACKOFF_SECONDS", 60.0),
         shutdown_grace=_seconds(env, "OUTBOX_SHUTDOWN_GRACE_SECONDS", 30.0),
         heartbeat_timeout=_seconds(env, "OUTBOX_HEARTBEAT_TIMEOUT_SECONDS", 30.0, minimum=1.0),
-        elastic_request_timeout=_seconds(env, "ELASTIC_REQUEST_TIMEOUT_SECONDS", 10.0),
+        elastic_request_timeout=_seconds(env, "ELASTIC_REQUEST_TIMEOUT_SECONDS", 20.0),
         elastic_api_key=_get(env, "ELASTIC_API_KEY"),
         elastic_username=_get(env, "ELASTIC_USERNAME") or url_user,
         elastic_password=_get(env, "ELASTIC_PASSWORD") or url_password,

@@ -81,7 +81,8 @@ def test_bulk_size_error_names_the_variable_that_was_read_not_its_fallback():
 def test_defaults_for_a_minimal_environment():
     settings = load_settings(env())
     assert settings.bulk_size == 500
-    assert settings.lease_seconds == 30.0
+    assert settings.lease_seconds == 60.0
+    assert settings.es_timeout == 20.0  # request timeout, inside a third of the lease
     assert settings.elastic_url == "http://es.internal:9200"
     assert settings.wordloom_env is None
     assert settings.worker_id  # host:pid when OUTBOX_WORKER_ID is not set

@@ -106,7 +106,8 @@ class Worker:
             if self._held_by_shared_breaker():
                 continue
             try:
-                result = self.processor.run_once()
+                # half-open: a single event tests the sink before whole batches go again
+                result = self.processor.run_once(limit=1 if self._breaker_is_open else None)
             except StoreUnavailable as exc:
                 self._failures += 1
                 log.warning("database unavailable: %s", exc, extra={"worker_id": s.worker_id})
