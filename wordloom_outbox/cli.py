@@ -216,5 +216,138 @@ def verify(as_json: bool, repair: bool) -> None:
     sys.exit(exitcodes.OK if report.ok else exitcodes.DRIFT)
 
 
+@main.group()
+def labs() -> None:
+    """Failure drills on embedded servers, with evidence (SPEC 12)."""
+
+
+@labs.command("list")
+def labs_list() -> None:
+    """List the drills."""
+    from .labs.drills import DRILLS, SLOW
+    for name, drill in DRILLS.items():
+        first = (drill.__doc__ or "").strip().splitlines()[0]
+        click.echo(f"{name:24} {'(slow) ' if name in SLOW else ''}{first}")
+
+
+@labs.command("run")
+@click.argument("scenarios", nargs=-1)
+@click.option("--all", "run_all", is_flag=True, help="Run every drill.")
+@click.option("--out", default="snapshots", show_default=True, help="Evidence root folder.")
+@click.option("--run-id", default=None, help="Folder name of this run (default: UTC time).")
+def labs_run(scenarios: tuple[str, ...], run_all: bool, out: str, run_id: str | None) -> None:
+    """Run drills and write snapshots/<run_id>/<scenario>/ evidence; exit 1 if any failed."""
+    from .labs.drills import DRILLS
+    from .labs.snapshot import run_drills
+    names = list(DRILLS) if run_all or not scenarios else list(scenarios)
+    try:
+        run_dir, results = run_drills(names, out, run_id)
+    except KeyError as exc:
+        click.echo(f"labs: {exc.args[0]}", err=True)
+        sys.exit(exitcodes.USAGE)
+    failed = sum(not r["ok"] for r in results)
+    click.echo(f"snapshot: {run_dir} passed={len(results) - failed} failed={failed}")
+    sys.exit(exitcodes.DRIFT if failed else exitcodes.OK)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
+@click.option("--sample", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Failed rows listed in the sample.")
+def status(as_json: bool, sample: int) -> None:
+    """Outbox snapshot: status distribution, failed reasons, backlog, a failed sample."""
+    from .ops.status import render_table, status_snapshot
+    settings = _settings()
+    with _connect(settings, autocommit=True) as conn:
+        snapshot = status_snapshot(conn, sample=sample)
+    if as_json:
+        click.echo(json.dumps(snapshot, default=str))
+    else:
+        click.echo(render_table(snapshot), nl=False)
+
+
+def _split_ids(ctx, param, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    import uuid
+    ids = [v.strip() for v in value.split(",") if v.strip()]
+    for v in ids:
+        try:
+            uuid.UUID(v)
+        except ValueError:
+            raise click.BadParameter(f"{v!r} is not a UUID") from None
+    return ids
+
+
+def _iso_timestamp(ctx, param, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from datetime import datetime
+    try:
+        datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 timestamp "
+                                 "(e.g. 2024-03-01T12:00:00Z)") from None
+    return value
+
+
+@main.command("replay-failed")
+@click.option("--by", "actor", required=True, help="Who replays (audited).")
+@click.option("--reason", required=True, help="Why (audited).")
+@click.option("--limit", type=int, default=100, show_default=True,
+              help="At most this many events, oldest failure first.")
+@click.option("--error-reason", default=None, help="Only events failed with this error_reason.")
+@click.option("--entity-type", default=None, help="Only events of this entity type.")
+@click.option("--ids", default=None, callback=_split_ids,
+              help="Only these event ids (UUID,UUID...).")
+@click.option("--since", default=None, callback=_iso_timestamp,
+              help="Only events failed at or after this ISO timestamp (UTC when no offset).")
+@click.option("--dry-run", is_flag=True, help="Show what would change; write only the audit row.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def replay_failed_command(actor: str, reason: str, limit: int, error_reason: str | None,
+                          entity_type: str | None, ids: list[str] | None, since: str | None,
+                          dry_run: bool, as_json: bool) -> None:
+    """Move failed events back to pending, audited (search_outbox_replays)."""
+    import contextlib
+    from .ops.migrate import SchemaTooOld, check_schema
+    from .ops.replay import CHUNK, ReplayRefused, replay_failed
+    settings = _settings()
+    with contextlib.ExitStack() as stack:
+        conn = stack.enter_context(_connect(settings))
+        try:
+            check_schema(conn)
+        except SchemaTooOld as exc:
+            click.echo(f"replay-failed: {exc}", err=True)
+            sys.exit(exitcodes.SCHEMA)
+        conn.rollback()
+        bar = None
+
+        def progress(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                if total <= CHUNK or not sys.stderr.isatty():
+                    return
+                bar = stack.enter_context(click.progressbar(length=total, label="replaying",
+                                                            file=sys.stderr))
+            bar.update(done - bar.pos)
+
+        try:
+            report = replay_failed(conn, actor=actor, reason=reason, limit=limit,
+                                   error_reason=error_reason, entity_type=entity_type, ids=ids,
+                                   since=since, dry_run=dry_run, progress=progress)
+        except ReplayRefused as exc:
+            click.echo(f"replay-failed: refused: {exc}", err=True)
+            sys.exit(exitcodes.CONFIG)
+    if as_json:
+        click.echo(json.dumps(report.as_json(), default=str))
+        return
+    if dry_run:
+        for event_id in report.sample:
+            click.echo(f"would replay {event_id}")
+        if report.selected > len(report.sample):
+            click.echo(f"... and {report.selected - len(report.sample)} more")
+    click.echo(report.line())
+
+
 if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@ Values follow BSD ``sysexits.h`` where one fits (EX_CONFIG 78, EX_SOFTWARE 70, E
 """
 
 OK = 0                # finished or drained cleanly
-DRIFT = 1             # verify found drift; status found problems
+DRIFT = 1             # verify found drift; a drill failed (labs run)
 USAGE = 2             # bad command line (click's own code)
 SOFTWARE = 70         # unexpected exception
 TEMPFAIL = 75         # a dependency (database, ES) unreachable at boot
