@@ -8,24 +8,9 @@ import signal
 import time
 
 import psycopg
-import pytest
 
 from ..integration.helpers import produce
-from .service import Service, done_count, pid_alive, status_counts, wait_for
-
-
-@pytest.fixture
-def service_factory(env):
-    started = []
-
-    def make(workers=2, **extra):
-        svc = Service(env, workers=workers, extra=extra).start()
-        started.append(svc)
-        return svc
-
-    yield make
-    for svc in started:
-        svc.stop()
+from .service import done_count, pid_alive, status_counts, wait_for
 
 
 def test_three_children_drain_and_counters_match_the_database(service_factory, db_url):

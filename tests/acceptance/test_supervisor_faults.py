@@ -8,30 +8,14 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import textwrap
 import time
 
 import psycopg
-import pytest
 
 from ..conftest import ROOT, cli_cmd, conn_url, subprocess_env
 from ..integration.helpers import produce
 from .service import Service, done_count, pid_alive, status_counts, wait_for
-
-
-@pytest.fixture
-def service_factory(env):
-    started = []
-
-    def make(workers=2, **extra):
-        svc = Service(env, workers=workers, extra=extra).start()
-        started.append(svc)
-        return svc
-
-    yield make
-    for svc in started:
-        svc.stop()
 
 
 def test_child_stuck_in_an_es_call_is_killed_and_replaced(service_factory, db_url, es_proxy):

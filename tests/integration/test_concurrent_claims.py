@@ -1,8 +1,8 @@
 """Two worker processes claiming at once on 5,000 events get disjoint batches and every event is
 acked exactly once (SPEC 4.1: FOR UPDATE SKIP LOCKED, one lease token per claim).
 
-A test-only trigger records every transition to processing and to done, so the test sees each
-claim and each ack, not only the final state."""
+The drills' audit trigger records every transition to processing and to done, so the test sees
+each claim and each ack, not only the final state."""
 
 from __future__ import annotations
 
@@ -11,27 +11,15 @@ import subprocess
 import psycopg
 
 from ..conftest import cli_cmd, subprocess_env
+from wordloom_outbox.labs.drills import CLAIM_AUDIT
+
 from .helpers import produce
 
-AUDIT = """
-CREATE TABLE claim_audit (event_id uuid, status text, owner text, lease_token uuid,
-                          at timestamptz DEFAULT clock_timestamp());
-CREATE FUNCTION audit_transition() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.status IS DISTINCT FROM OLD.status OR NEW.lease_token IS DISTINCT FROM OLD.lease_token THEN
-        INSERT INTO claim_audit (event_id, status, owner, lease_token)
-        VALUES (NEW.id, NEW.status, NEW.owner, NEW.lease_token);
-    END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER trg_audit AFTER UPDATE ON search_outbox_events
-    FOR EACH ROW EXECUTE FUNCTION audit_transition();
-"""
 
 
 def test_two_workers_claim_disjoint_batches_and_ack_each_event_once(env, db_url):
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(AUDIT)
+        conn.execute(CLAIM_AUDIT)
     produce(db_url, 5000)
     procs = [subprocess.Popen(cli_cmd("work", "--until-drained", "--bulk-size", "100"),
                               env=subprocess_env({**env, "OUTBOX_WORKER_ID": f"w{i}"}),
@@ -41,9 +29,9 @@ def test_two_workers_claim_disjoint_batches_and_ack_each_event_once(env, db_url)
     assert [p.returncode for p in procs] == [0, 0], outputs
 
     with psycopg.connect(db_url) as conn:
-        claims = conn.execute("SELECT event_id, owner, lease_token FROM claim_audit "
+        claims = conn.execute("SELECT event_id, owner, lease_token FROM drill_claim_audit "
                               "WHERE status = 'processing'").fetchall()
-        acks = conn.execute("SELECT event_id, owner, lease_token FROM claim_audit "
+        acks = conn.execute("SELECT event_id, owner, lease_token FROM drill_claim_audit "
                             "WHERE status = 'done'").fetchall()
         statuses = dict(conn.execute("SELECT status, count(*) FROM search_outbox_events GROUP BY 1"))
     assert statuses == {"done": 5000}

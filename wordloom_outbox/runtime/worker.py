@@ -17,7 +17,7 @@ from typing import Callable
 import psycopg
 
 from ..adapters import metrics as m
-from ..adapters.sink import EsSink, SinkError
+from ..adapters.sink import EsSink
 from ..adapters.store import OutboxStore, StoreUnavailable, make_pool
 from ..domain.classify import Kind, classify_failure
 from ..domain.retry import full_jitter_backoff
