@@ -78,12 +78,17 @@ def constraint_validated(conn, name: str) -> bool:
 
 
 def claim(conn, limit: int = 100, max_attempts: int = 10) -> list[dict]:
+    """Claim until nothing is left (a stuck event is reclaimed alone, one per claim)."""
     cur = conn.cursor(row_factory=dict_row)
-    found = cur.execute(named_sql("claim"), {
-        "limit": limit, "owner": "test-claimer", "token": uuid.uuid4(), "lease": 30.0,
-        "max_processing": 600.0, "max_attempts": max_attempts}).fetchall()
-    conn.commit()
-    return found
+    found: list[dict] = []
+    while True:
+        batch = cur.execute(named_sql("claim"), {
+            "limit": limit, "owner": "test-claimer", "token": uuid.uuid4(), "lease": 30.0,
+            "max_processing": 600.0, "max_attempts": max_attempts}).fetchall()
+        conn.commit()
+        if not batch:
+            return found
+        found += batch
 
 
 def load_v3(conn) -> None:
