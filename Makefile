@@ -6,7 +6,7 @@ CORPUS ?=
 WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: run test install snapshot bench clean
+.PHONY: run test install snapshot clean
 
 install: $(VENV)/.installed
 

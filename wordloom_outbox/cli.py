@@ -29,7 +29,7 @@ def _connect(settings: Settings, **kw) -> psycopg.Connection:
         return psycopg.connect(settings.database_url, connect_timeout=10, **kw)
     except psycopg.OperationalError as exc:
         click.echo(f"database unreachable ({settings.redacted_database_url()}): "
-                   f"{str(exc).strip()}", err=True)
+                   f"{settings.scrub(str(exc).strip())}", err=True)
         sys.exit(exitcodes.TEMPFAIL)
 
 
@@ -46,7 +46,7 @@ def main() -> None:
 def migrate(dry_run: bool, confirm_database: str | None, database_url: str | None) -> None:
     """Apply the numbered SQL migrations, guarded by WORDLOOM_ENV."""
     from .ops.migrate import MigrationError, migrate as run_migrate
-    from .settings import ENVIRONMENTS, check_database_url, redact_url
+    from .settings import ENVIRONMENTS, check_database_url, redact_url, scrub
     import os
     env = os.environ.get("WORDLOOM_ENV") or None
     try:
@@ -66,11 +66,11 @@ def migrate(dry_run: bool, confirm_database: str | None, database_url: str | Non
         sys.exit(exitcodes.CONFIG)
     except psycopg.OperationalError as exc:
         click.echo(f"migrate: database unreachable ({redact_url(database_url)}): "
-                   f"{redact_url(str(exc).strip())}", err=True)
+                   f"{scrub(str(exc).strip(), database_url)}", err=True)
         sys.exit(exitcodes.TEMPFAIL)
     except psycopg.ProgrammingError as exc:
         click.echo(f"configuration error: DATABASE_URL={redact_url(database_url)!r} is not "
-                   f"valid: {redact_url(str(exc).strip())}", err=True)
+                   f"valid: {scrub(str(exc).strip(), database_url)}", err=True)
         sys.exit(exitcodes.CONFIG)
     if dry_run:
         for mig in pending:
@@ -95,9 +95,9 @@ def work(once: bool, until_drained: bool, bulk_size: int | None) -> None:
 
 def run_foreground_worker(settings: Settings, *, once: bool, until_drained: bool) -> int:
     """Boot checks (schema, index) then the loop; TERM/INT stop it after the batch in flight."""
-    from .adapters.sink import EsSink, SinkError
+    from .adapters.sink import EsSink
     from .ops.migrate import SchemaTooOld, check_schema
-    from .runtime.worker import LoopHooks, Worker, prepare_index
+    from .runtime.worker import LoopHooks, Worker
     with _connect(settings, autocommit=True) as conn:
         try:
             check_schema(conn)
@@ -105,11 +105,6 @@ def run_foreground_worker(settings: Settings, *, once: bool, until_drained: bool
             click.echo(f"work: {exc}", err=True)
             return exitcodes.SCHEMA
     sink = EsSink(settings)
-    try:
-        prepare_index(sink, settings)
-    except SinkError as exc:
-        click.echo(f"work: cannot prepare index {settings.elastic_index}: {exc} "
-                   "(continuing; events wait for ES)", err=True)
     stop = {"flag": False}
 
     def on_signal(signum, frame):
@@ -142,6 +137,7 @@ def run(workers: int | None, env_file: str | None) -> None:
     if workers is not None and workers <= 0:
         click.echo("configuration error: --workers (OUTBOX_WORKERS) must be > 0", err=True)
         sys.exit(exitcodes.CONFIG)
+    base_env = dict(os.environ)
     if env_file:
         from .runtime.supervisor_env import read_env_file
         try:
@@ -158,7 +154,7 @@ def run(workers: int | None, env_file: str | None) -> None:
     from .runtime.supervisor import Supervisor, prepare_multiprocess_dir
     prepare_multiprocess_dir(mp_dir)
     setup_logging(settings.log_format, settings.log_level)
-    sys.exit(Supervisor(settings, env_file=env_file).run())
+    sys.exit(Supervisor(settings, env_file=env_file, base_env=base_env).run())
 
 
 @main.command()

@@ -27,23 +27,41 @@ class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the variable."""
 
 
-_USERINFO = re.compile(r"([^:/@\s]+):[^@/\s]*@")
+# userinfo runs to the LAST "@" (an unencoded "@" inside a password stays hidden); the scheme
+# is optional ("user:secret@host" without it); password=... covers query strings and DSNs
+_USERINFO_SCHEME = re.compile(r"^([A-Za-z][\w+.-]*://[^:/@\s]*):(.*)@(?=[^@]*$)")
+_USERINFO_BARE = re.compile(r"^([^:/@\s]*):(.*)@(?=[^@]*$)")
+
+
+def _userinfo(url: str) -> re.Pattern:
+    return _USERINFO_SCHEME if "://" in url else _USERINFO_BARE
+_PASSWORD_PARAM = re.compile(r"(?i)(password\s*=\s*)('[^']*'|[^&\s]*)")
+
+
+def _secrets(url: str) -> list[str]:
+    found = [m.group(2) for m in [_userinfo(url).match(url)] if m and m.group(2)]
+    found += [m.group(2).strip("'") for m in _PASSWORD_PARAM.finditer(url) if m.group(2)]
+    pieces = []
+    for secret in found:
+        pieces.append(secret)
+        pieces += [p for p in re.split(r"[@/:]", secret) if len(p) >= 4]
+    return sorted(set(pieces), key=len, reverse=True)
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (for logs and errors), also when the
-    URL lacks its scheme (``user:secret@host`` parses as scheme ``user``)."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        password = None
-        parts = None
-    if parts is not None and password is not None:
-        netloc = parts.netloc.rsplit("@", 1)
-        user = (parts.username or "") + ":***"
-        return urlunsplit(parts._replace(netloc=f"{user}@{netloc[1]}"))
-    return _USERINFO.sub(r"\1:***@", url, count=1)
+    """``url`` (or a libpq key/value DSN) with its password replaced by ``***``, for logs and
+    errors: ``user:secret@host`` with or without a scheme, an unencoded ``@`` in the secret,
+    ``password=`` in a query string or DSN."""
+    out = _userinfo(url).sub(r"\1:***@", url, count=1)
+    return _PASSWORD_PARAM.sub(r"\1***", out)
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (an error message about ``url``) with every piece of the URL's password removed:
+    a driver may quote part of a malformed URL, e.g. a host name that holds half a password."""
+    for piece in _secrets(url):
+        text = text.replace(piece, "***")
+    return redact_url(text)
 
 
 def check_database_url(raw: str | None) -> str:
@@ -100,6 +118,14 @@ class Settings:
 
     def redacted_database_url(self) -> str:
         return redact_url(self.database_url)
+
+    def scrub(self, text: str) -> str:
+        """``text`` without any piece of the database or ES password."""
+        text = scrub(text, self.database_url)
+        for secret in (self.elastic_password, self.elastic_api_key):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -13,8 +13,9 @@ from ..conftest import subprocess_env
 class Service(ServiceProc):
     """A ``wordloom-outbox run`` subprocess for tests (environment via ``subprocess_env``)."""
 
-    def __init__(self, env: dict[str, str], workers: int = 2, extra: dict[str, str] | None = None):
-        super().__init__(subprocess_env(env), workers=workers, extra=extra)
+    def __init__(self, env: dict[str, str], workers: int = 2, extra: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()):
+        super().__init__(subprocess_env(env), workers=workers, extra=extra, args=args)
 
 
 def done_count(db_url: str) -> int:

@@ -180,3 +180,69 @@ def test_es_outage_opens_one_shared_breaker_and_children_stop_claiming(service_f
     wait_for(lambda: svc.health("readyz")[0] == 200, 20, "readyz 200 again")
     wait_for(lambda: svc.metric_sum("outbox_breaker_open") == 0, 10, "breaker gauge 0")
     print(f"ES requests in 8 s of outage with 3 children: {during}")
+
+
+def test_index_is_created_with_the_shipped_mapping_when_es_was_down_at_boot(service_factory,
+                                                                          db_url, es_proxy, es):
+    es_proxy.set_fault("refuse")
+    svc = service_factory(workers=2)
+    produce(db_url, 50)
+    time.sleep(3)
+    assert done_count(db_url) == 0  # nothing claimed while the index could not be prepared
+    es_proxy.clear_fault()
+    wait_for(lambda: done_count(db_url) == 50, 60, "events done once ES is back")
+    mapping = es.indices.get_mapping(index=svc.env["ELASTIC_INDEX"]).body
+    (only,) = mapping.values()
+    assert only["mappings"]["dynamic"] in ("strict", True) and only["mappings"]["dynamic"] != True
+    assert only["mappings"]["properties"]["entity_id"]["type"] == "keyword"
+
+
+def test_hup_rereads_the_env_file_from_scratch(service_factory, db_url, env, tmp_path):
+    env_file = tmp_path / "service.env"
+    env_file.write_text("OUTBOX_WORKER_ID=alpha\n")
+    svc = service_factory(workers=1)  # replaced below by one that uses the env file
+    svc.stop()
+    from .service import Service
+    svc = Service(env, workers=1, args=("--env-file", str(env_file))).start()
+    try:
+        svc.wait_children(1)
+        produce(db_url, 20)
+        wait_for(lambda: done_count(db_url) == 20, 30, "first events done")
+        owners = {r[0].split(":")[0] for r in _owners(db_url)}
+        assert owners == {"alpha"}, owners
+        env_file.write_text("OUTBOX_BULK_SIZE=abc\n")
+        old = svc.child_pids()
+        svc.signal(signal.SIGHUP)
+        time.sleep(2)
+        assert svc.child_pids() == old  # refused: the running configuration stays
+        assert "reload refused" in svc.log() and "OUTBOX_BULK_SIZE" in svc.log()
+        env_file.write_text("# OUTBOX_WORKER_ID removed\n")
+        svc.signal(signal.SIGHUP)
+        wait_for(lambda: (lambda p: p if p and not set(p) & set(old) else None)(svc.child_pids()),
+                 30, "the child replaced after a good reload")
+        with psycopg.connect(db_url) as conn:
+            conn.execute("UPDATE search_outbox_events SET owner = NULL")
+        produce(db_url, 20)
+        wait_for(lambda: done_count(db_url) == 40, 30, "second events done")
+        owners = {r[0].split(":")[0] for r in _owners(db_url) if r[0]}
+        assert owners and "alpha" not in owners, owners
+    finally:
+        svc.stop()
+
+
+def _owners(db_url):
+    with psycopg.connect(db_url) as conn:
+        return conn.execute("SELECT DISTINCT owner FROM search_outbox_events WHERE owner IS NOT NULL").fetchall()
+
+
+def test_busy_http_port_stops_the_start_naming_the_variable(env):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(cli_cmd("run", "--workers", "1"), capture_output=True, text=True,
+                                timeout=60, env=subprocess_env({**env, "OUTBOX_METRICS_PORT": str(port),
+                                                                "OUTBOX_HTTP_PORT": "0"}))
+    assert result.returncode == 78, result.stderr
+    assert f"OUTBOX_METRICS_PORT={port}" in result.stderr and "Traceback" not in result.stderr

@@ -15,7 +15,7 @@ from wordloom_outbox.adapters.store import OutboxStore, make_pool
 from wordloom_outbox.ops.seed import generated_texts, seed
 from wordloom_outbox.ops.verify import verify
 from wordloom_outbox.runtime.batch import BatchProcessor
-from wordloom_outbox.runtime.worker import Worker, prepare_index
+from wordloom_outbox.runtime.worker import Worker
 
 from .helpers import emit_event, events, produce, status_counts, upsert_document
 
@@ -29,7 +29,7 @@ def metric(name: str, **labels) -> float:
 @pytest.fixture
 def worker(settings):
     sink = EsSink(settings)
-    prepare_index(sink, settings)
+    sink.ensure_index()
     w = Worker(settings, sink=sink, rng=random.Random(7))
     yield w
     w.close()
@@ -110,7 +110,7 @@ class ReclaimingSink:
 def test_fenced_apply_after_reclaim_changes_nothing(settings, db_url):
     produce(db_url, 5)
     sink = ReclaimingSink(EsSink(settings), db_url, settings)
-    prepare_index(sink.inner, settings)
+    sink.inner.ensure_index()
     pool = make_pool(db_url)
     try:
         store = OutboxStore(pool)
@@ -196,3 +196,18 @@ def test_request_too_large_is_split_and_resent(worker, db_url, es_proxy, setting
     totals = worker.run(until_drained=True)
     assert status_counts(db_url) == {"done": 40}
     assert totals.batches >= 1 and es_proxy.state()["counters"].get("faulted", 0) >= 1
+
+
+def test_a_negative_version_fails_alone_and_costs_the_others_nothing(worker, db_url):
+    good = produce(db_url, 30)
+    bad = uuid.uuid4()
+    with psycopg.connect(db_url) as conn:
+        upsert_document(conn, "block", bad, "bad version")
+        conn.execute("UPDATE search_index SET event_version = -3 WHERE entity_id = %s", (bad,))
+    worker.run(until_drained=True)
+    rows = events(db_url)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert [r["entity_id"] for r in failed] == [bad] and failed[0]["error_reason"] == "bad_event"
+    assert "negative" in failed[0]["error"]
+    done = [r for r in rows if r["status"] == "done"]
+    assert len(done) == len(good) and all(r["attempts"] == 0 for r in done)

@@ -74,6 +74,8 @@ FAILURE_CASES = [
     (SinkFailure("http", 404, err("index_not_found_exception")), Kind.CONFIG, "es_index_missing"),
     (SinkFailure("http", 413, "too large"), Kind.TOO_LARGE, "es_request_too_large"),
     (SinkFailure("http", 500, err("runtime_exception")), Kind.UNKNOWN, "unknown_exception"),
+    (SinkFailure("http", 400, err("action_request_validation_exception")), Kind.BAD_DOCUMENT,
+     "bad_event"),
     (SinkFailure("other", 0, "ValueError: boom"), Kind.UNKNOWN, "unknown_exception"),
 ]
 
@@ -159,6 +161,13 @@ def test_bad_events_and_unbuildable_rows_are_rejected_alone():
     reasons = sorted(o.error.split(" ")[0] for _, o in plan.rejected)
     assert len(plan.rejected) == 3 and all(o.reason == "bad_event" for _, o in plan.rejected)
     assert reasons == ["row", "unknown", "unknown"]
+
+
+def test_negative_versions_are_bad_events():
+    e = uuid.uuid4()
+    plan = plan_batch([ev(entity=e), ev(version=-2)], {("block", e): row(e, -3)}, "idx", 10_000)
+    assert not plan.actions and len(plan.rejected) == 2
+    assert all("negative" in o.error and o.reason == "bad_event" for _, o in plan.rejected)
 
 
 def test_document_over_the_byte_cap_is_rejected_as_too_large():

@@ -168,3 +168,15 @@ def test_passwords_and_keys_are_not_in_repr():
 def test_credentials_inside_elastic_url_are_not_in_repr():
     settings = load_settings(env(ELASTIC_URL=f"https://elastic:{PASSWORD}@es.internal:9200"))
     assert PASSWORD not in repr(settings)
+
+
+@pytest.mark.parametrize("url,secret", [
+    ("postgresql://bob:Sup3r@S3cret@127.0.0.1:1/wordloom_dev", "Sup3r@S3cret"),
+    ("postgresql://127.0.0.1:1/x_dev?password=Sup3rS3cret&user=bob", "Sup3rS3cret"),
+    ("host=127.0.0.1 port=1 password=Sup3rS3cret dbname=x", "Sup3rS3cret"),
+])
+def test_passwords_are_redacted_in_every_url_form(url, secret):
+    from wordloom_outbox.settings import redact_url, scrub
+    assert secret not in redact_url(url)
+    half = secret.split("@")[-1]
+    assert half not in scrub(f"failed to resolve host '{half}@127.0.0.1' near {secret}", url)

@@ -50,6 +50,8 @@ def invalid_event_reason(event: OutboxEvent) -> str | None:
         return f"unknown entity_type {event.entity_type!r} (expected book, block or tag)"
     if event.event_version is None:
         return "event_version is null"
+    if event.event_version < 0:
+        return f"event_version {event.event_version} is negative (ES external versions are >= 0)"
     return None
 
 
@@ -94,6 +96,9 @@ def _build(event: OutboxEvent, row: Mapping[str, Any] | None, index: str,
     doc_id = event.doc_id
     if row is not None:
         version = int(row["event_version"])
+        if version < 0:
+            raise DocumentError(f"event_version {version} is negative (ES external versions "
+                                "are >= 0)")
         meta = {"index": {"_index": index, "_id": doc_id, "version": version,
                           "version_type": "external_gte"}}
         body = dumps_line(meta) + _dumps_doc(row)

@@ -130,6 +130,11 @@ def classify_failure(failure: SinkFailure) -> Outcome:
         found = _by_error(failure.status, etype, text)
         if found:
             return found
+        if failure.status == 400:
+            # ES refused the request as a whole (e.g. action_request_validation_exception): the
+            # caller narrows it down by splitting; a single action refused is a bad document
+            return Outcome(Kind.BAD_DOCUMENT, "es_mapping" if etype in MAPPING_ERRORS
+                           else "bad_event", text)
     return Outcome(Kind.UNKNOWN, "unknown_exception", text)
 
 

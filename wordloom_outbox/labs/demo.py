@@ -35,8 +35,10 @@ def drain(env: dict, workers: int, timeout: float = 3600.0) -> None:
     import psycopg
     import tempfile
     from .embedded import free_port
+    import shutil
+    mp_dir = tempfile.mkdtemp(prefix="wordloom-demo-metrics-")
     senv = dict(env, OUTBOX_HTTP_PORT=str(free_port()), OUTBOX_METRICS_PORT=str(free_port()),
-                PROMETHEUS_MULTIPROC_DIR=tempfile.mkdtemp(prefix="wordloom-demo-metrics-"))
+                PROMETHEUS_MULTIPROC_DIR=mp_dir)
     proc = subprocess.Popen([sys.executable, "-m", "wordloom_outbox.cli", "run",
                              "--workers", str(workers)], env=senv)
     deadline = time.monotonic() + timeout
@@ -57,6 +59,7 @@ def drain(env: dict, workers: int, timeout: float = 3600.0) -> None:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         code = proc.wait(120)
+        shutil.rmtree(mp_dir, ignore_errors=True)
     if code != 0:
         raise SystemExit(f"demo: supervisor exited {code} after SIGTERM")
 

@@ -61,7 +61,9 @@ class ServiceProc:
     short heartbeat (5 s) and grace (20 s) defaults when ``env`` has none; ``extra`` wins."""
 
     def __init__(self, env: dict[str, str], workers: int = 2, extra: dict[str, str] | None = None,
-                 log_path: str | None = None, mp_dir: str | None = None):
+                 log_path: str | None = None, mp_dir: str | None = None,
+                 args: tuple[str, ...] = ()):
+        self.args = args
         self.http_port, self.metrics_port = free_port(), free_port()
         self.mp_dir = mp_dir or tempfile.mkdtemp(prefix="wo-metrics-")
         self.log_path = log_path or tempfile.mktemp(prefix="wo-service-", suffix=".log")
@@ -76,7 +78,7 @@ class ServiceProc:
 
     def start(self, timeout: float = 30.0) -> "ServiceProc":
         self._log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(cli_cmd("run", "--workers", str(self.workers)), env=self.env,
+        self.proc = subprocess.Popen(cli_cmd("run", "--workers", str(self.workers), *self.args), env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
         wait_for(lambda: self.health("healthz")[1].get("children") is not None, timeout,
                  "the service to answer /healthz")

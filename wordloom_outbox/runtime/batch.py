@@ -136,8 +136,11 @@ class BatchProcessor:
         except SinkError as exc:
             outcome = classify_failure(exc.failure)
             m.labelled(m.es_bulk_requests_total, "failed").inc()
-            if outcome.kind is Kind.TOO_LARGE and len(chunk) > 1:
-                log.info("bulk of %d actions refused as too large; splitting", len(chunk), extra=ctx)
+            if outcome.kind in (Kind.TOO_LARGE, Kind.BAD_DOCUMENT) and len(chunk) > 1:
+                # too large, or refused as a whole for one bad action: halve until the culprit
+                # travels alone and the others go through
+                log.info("bulk of %d actions refused (%s); splitting", len(chunk),
+                         outcome.reason, extra=ctx)
                 for half in reversed(split_in_half(chunk)):
                     queue.appendleft(half)
                 return None

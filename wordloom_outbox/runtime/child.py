@@ -60,9 +60,9 @@ def child_main(settings: Settings, slot: int, fd: int, parent_pid: int,
     settings = settings.replace(worker_id=child_worker_id(settings))
     ctx = {"worker_id": settings.worker_id, "slot": slot}
 
-    from ..adapters.sink import EsSink, SinkError
+    from ..adapters.sink import EsSink
     from ..ops.migrate import SchemaTooOld, check_schema
-    from .worker import LoopHooks, Worker, prepare_index
+    from .worker import LoopHooks, Worker
 
     try:
         with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=10) as conn:
@@ -72,13 +72,9 @@ def child_main(settings: Settings, slot: int, fd: int, parent_pid: int,
         return exitcodes.SCHEMA
     except psycopg.OperationalError as exc:
         # Not a boot failure of the code: the database may come back. Exit and be respawned.
-        log.warning("database unreachable at boot: %s", str(exc).strip(), extra=ctx)
+        log.warning("database unreachable at boot: %s", settings.scrub(str(exc).strip()), extra=ctx)
         return exitcodes.TEMPFAIL
     sink = EsSink(settings)
-    try:
-        prepare_index(sink, settings)
-    except SinkError as exc:
-        log.warning("cannot prepare index %s: %s", settings.elastic_index, exc, extra=ctx)
 
     def should_stop() -> bool:
         return stop["flag"] or hb.parent_gone or os.getppid() != parent_pid

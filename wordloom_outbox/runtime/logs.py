@@ -49,3 +49,5 @@ def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     root.setLevel(level)
     for noisy in ("elastic_transport", "elasticsearch", "urllib3", "psycopg.pool"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # the client's node pool logs every failed request again; our own line says it once
+    logging.getLogger("elastic_transport.node_pool").setLevel(logging.ERROR)

@@ -30,7 +30,7 @@ from .. import exitcodes
 from ..adapters import metrics as m
 from ..adapters.store import named_sql
 from ..ops.migrate import SchemaTooOld, check_schema
-from ..settings import ConfigError, Settings, load_settings
+from ..settings import ConfigError, Settings, load_settings, scrub
 from . import child as child_mod
 from . import worker as _preload_worker  # noqa: F401  imported before any fork, not after
 from .health import health_app, metrics_app, serve
@@ -51,9 +51,13 @@ class Supervisor:
     """Run with :meth:`run`; returns the process exit code."""
 
     def __init__(self, settings: Settings, *, env_file: str | None = None,
+                 base_env: dict[str, str] | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.settings = settings
         self.env_file = env_file
+        # the environment before the env file: a reload starts again from it, so a variable
+        # removed from the file is gone after HUP
+        self.base_env = dict(os.environ if base_env is None else base_env)
         self.clock = clock
         self.target = settings.workers
         self.children: dict[int, ChildState] = {}
@@ -85,15 +89,28 @@ class Supervisor:
             return exitcodes.SCHEMA
         except psycopg.OperationalError as exc:
             log.error("cannot start: database unreachable (%s): %s", s.redacted_database_url(),
-                      str(exc).strip())
+                      scrub(str(exc).strip(), s.database_url))
             return exitcodes.TEMPFAIL
+        for name, port in (("OUTBOX_HTTP_PORT", s.http_port), ("OUTBOX_METRICS_PORT", s.metrics_port)):
+            try:
+                server = serve(s.http_host, port, health_app(self.report) if name == "OUTBOX_HTTP_PORT"
+                               else metrics_app(render_metrics))
+            except OSError as exc:
+                log.error("cannot start: %s=%d on OUTBOX_HTTP_HOST=%s: %s", name, port,
+                          s.http_host, exc.strerror or exc)
+                for srv in self.servers:
+                    srv.server_close()
+                return exitcodes.CONFIG
+            self.servers.append(server)
+        self.health, self.metrics = self.servers
+        if s.shutdown_grace < s.es_timeout + 2:
+            log.warning("OUTBOX_SHUTDOWN_GRACE_SECONDS=%g is shorter than one ES request (%g s) "
+                        "plus an ack: a drain may have to kill children holding a batch",
+                        s.shutdown_grace, s.es_timeout)
         self.run_dir = tempfile.mkdtemp(prefix="wordloom-outbox-run-")
         self.breaker_path = os.path.join(self.run_dir, "breaker")
         self._breaker_written = None
         self._write_breaker()
-        self.health = serve(s.http_host, s.http_port, health_app(self.report))
-        self.metrics = serve(s.http_host, s.metrics_port, metrics_app(render_metrics))
-        self.servers = [self.health, self.metrics]
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
@@ -195,13 +212,20 @@ class Supervisor:
                 log.info("children target %d", self.target)
 
     def _reload(self) -> None:
+        env = dict(self.base_env)
         try:
             if self.env_file:
-                os.environ.update(read_env_file(self.env_file))
-            new = load_settings(workers=None)
+                env.update(read_env_file(self.env_file))
+            new = load_settings(env, workers=None)
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
+        mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # chosen at boot; stays
+        os.environ.clear()
+        os.environ.update(env)
+        if mp_dir:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
+        self.crashes, self.next_spawn_at = 0, 0.0  # a fixed configuration starts at once
         # Listening addresses and the process count stay as they are; the rest applies to the
         # children started from now on.
         self.settings = new.replace(http_host=self.settings.http_host,
@@ -398,7 +422,7 @@ class Supervisor:
                                  "oldest_age_seconds": row[3], "failed_by_reason": failed})
             self.db_ok, self.db_reason = True, ""
         except psycopg.Error as exc:
-            self.db_ok, self.db_reason = False, f"database unreachable: {str(exc).strip()[:200]}"
+            self.db_ok, self.db_reason = False, f"database unreachable: {s.scrub(str(exc).strip())[:200]}"
         if s.require_es_ready:
             self.es_ok, self.es_reason = es_reachable(s)
 

@@ -17,7 +17,7 @@ from typing import Callable
 import psycopg
 
 from ..adapters import metrics as m
-from ..adapters.sink import EsSink
+from ..adapters.sink import EsSink, SinkError
 from ..adapters.store import OutboxStore, StoreUnavailable, make_pool
 from ..domain.classify import Kind, classify_failure
 from ..domain.retry import full_jitter_backoff
@@ -87,6 +87,8 @@ class Worker:
         self._shared_open = False
         self._breaker_is_open = False
         self._trips = 0
+        self._index_checked = not settings.create_index
+        self._index_failures = 0
         # every series exists from the start, at zero (a scrape shows the whole set)
         m.base(m.breaker_open).set(0)
         for metric in (m.stale_ack_total, m.reclaimed_total, m.es_bulk_request_duration_seconds,
@@ -103,7 +105,7 @@ class Worker:
                  extra={"worker_id": s.worker_id})
         while not self.hooks.should_stop():
             self._refresh_gauges()
-            if self._held_by_shared_breaker():
+            if self._held_by_shared_breaker() or not self._index_ready():
                 continue
             try:
                 # half-open: a single event tests the sink before whole batches go again
@@ -133,6 +135,26 @@ class Worker:
                 self._wait_for_work(s.poll_interval)
         self._refresh_gauges(force=True)
         return self.totals
+
+    def _index_ready(self) -> bool:
+        """Before the first claim, create the index with the shipped mapping when it is missing
+        (``OUTBOX_CREATE_INDEX``). While ES cannot be asked, nothing is claimed: a bulk would
+        let ES auto-create the index with a dynamic mapping instead."""
+        if self._index_checked:
+            return True
+        s = self.settings
+        try:
+            if self.sink.ensure_index():
+                log.info("created index %s", s.elastic_index, extra={"worker_id": s.worker_id})
+            self._index_checked = True
+            return True
+        except SinkError as exc:
+            self._index_failures += 1
+            log.warning("cannot prepare index %s (%s); not claiming yet", s.elastic_index, exc,
+                        extra={"worker_id": s.worker_id})
+            self._sleep(full_jitter_backoff(self._index_failures, s.base_backoff,
+                                            min(s.max_backoff, PROBE_CAP), self.rng) + 0.1)
+            return False
 
     def _held_by_shared_breaker(self) -> bool:
         """True (after a short wait) while another child holds the sink breaker open."""
@@ -243,11 +265,3 @@ class Worker:
         if self._own_pool:
             self.store.pool.close()
         self.sink.close()
-
-
-def prepare_index(sink: EsSink, settings: Settings) -> None:
-    """Create the index with the shipped mapping when missing and allowed to. Raises
-    :class:`SinkError` when ES refuses."""
-    if settings.create_index:
-        if sink.ensure_index():
-            log.info("created index %s", settings.elastic_index)
