@@ -222,9 +222,6 @@ class Scenario:
         (self.dir / "db_status.json").write_text(json.dumps(snap, indent=2, default=str))
 
     def write_result(self) -> dict:
-        for svc in self.services:
-            if svc.log_path and os.path.exists(svc.log_path):
-                pass  # already under logs/
         ok = not self.error and bool(self.checks) and all(c.ok for c in self.checks)
         result = {"scenario": self.name, "ok": ok,
                   "seconds": round(time.monotonic() - self.started, 2),
