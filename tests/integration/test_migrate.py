@@ -34,6 +34,8 @@ from wordloom_outbox.ops.migrate import (ADVISORY_LOCK_KEY, MigrationError, Sche
 
 from ..conftest import V3_SCHEMA, cli_cmd, conn_url, subprocess_env
 
+ALL_VERSIONS = [m.version for m in load_migrations()]
+
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 V3_OUTBOX_COLUMNS = [
     "id", "entity_type", "entity_id", "op", "event_version", "created_at", "processed_at", "error",
@@ -149,8 +151,8 @@ def test_empty_database_gets_the_declared_schema(empty_url):
     out: list[str] = []
     applied = migrate(empty_url, "test", echo=out.append)
     files = load_migrations()
-    assert [m.version for m in applied] == [m.version for m in files] == [1, 2, 3]
-    assert out[:3] == [f"applied {m.path.name}" for m in files]
+    assert [m.version for m in applied] == [m.version for m in files] == list(range(1, len(files) + 1))
+    assert out[:len(files)] == [f"applied {m.path.name}" for m in files]
 
     with psycopg.connect(empty_url) as conn:
         for table in ("search_index", "search_outbox_events", "environment_sentinel",
@@ -168,6 +170,8 @@ def test_empty_database_gets_the_declared_schema(empty_url):
         assert "gen_random_uuid" in columns["id"][2]
         assert columns["event_version"][2] is not None
         assert columns["replay_count"][2] == "0"
+        assert columns["consecutive_failures"][1:] == ("NO", "0")
+        assert columns["reclaims"][1:] == ("NO", "0")
 
         indexes = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes "
                                     "WHERE tablename = 'search_outbox_events'").fetchall())
@@ -229,7 +233,7 @@ def test_plan_through_the_cli_lists_and_writes_nothing(empty_url):
     for mig in load_migrations():
         assert f"would apply {mig.path.name}" in lines
     assert "would apply 0001_projection_tables.sql" in lines
-    assert "pending=3" in proc.stdout
+    assert f"pending={len(load_migrations())}" in proc.stdout
     with psycopg.connect(empty_url) as conn:
         assert not regclass_exists(conn, "schema_migrations")
         assert not regclass_exists(conn, "search_outbox_events")
@@ -289,7 +293,7 @@ def test_adopting_a_v3_database_keeps_every_row_and_its_pending_events_are_claim
         before_indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE "
                                                      "schemaname = 'public'")}
 
-    assert [m.version for m in migrate(empty_url, "test", echo=lambda *_: None)] == [1, 2, 3]
+    assert [m.version for m in migrate(empty_url, "test", echo=lambda *_: None)] == ALL_VERSIONS
 
     with psycopg.connect(empty_url) as conn:
         for table in ("search_index", "projection_status", "environment_sentinel"):
@@ -346,7 +350,7 @@ def test_adopted_rows_breaking_the_checks_are_reported_and_kept(empty_url):
         before = rows(conn, "search_outbox_events")
 
     out: list[str] = []
-    assert len(migrate(empty_url, "test", echo=out.append)) == 3
+    assert len(migrate(empty_url, "test", echo=out.append)) == len(load_migrations())
     warnings = [line for line in out if "warning" in line]
     assert any("status='weird'" in line for line in warnings), out
     assert any("op='merge'" in line for line in warnings), out
@@ -418,7 +422,7 @@ def test_name_suffix_decides_when_there_is_no_sentinel(empty_url):
     # empty_test: the suffix says test, so dev is refused and test accepted
     with pytest.raises(MigrationError, match=r"WORDLOOM_ENV=dev.*database name suffix _test"):
         migrate(empty_url, "dev", echo=lambda *_: None)
-    assert len(migrate(empty_url, "test", echo=lambda *_: None)) == 3
+    assert len(migrate(empty_url, "test", echo=lambda *_: None)) == len(load_migrations())
 
 
 def test_database_of_unknown_environment_is_refused(scratch_database):
@@ -442,16 +446,16 @@ def test_prod_needs_the_confirmed_database_name(scratch_database):
     with pytest.raises(MigrationError, match="WORDLOOM_ENV=test"):
         migrate(url, "test", echo=lambda *_: None)
 
-    assert len(migrate(url, "prod", confirm_database="wordloom_x_prod", echo=lambda *_: None)) == 3
+    assert len(migrate(url, "prod", confirm_database="wordloom_x_prod", echo=lambda *_: None)) == len(load_migrations())
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT env FROM environment_sentinel").fetchone() == ("prod",)
-        assert len(history(conn)) == 3
+        assert len(history(conn)) == len(load_migrations())
 
 
 # ------------------------------------------------------------------------------ broken history
 
 def test_changed_applied_file_is_refused(empty_url, sql_copy):
-    assert len(migrate(empty_url, "test", echo=lambda *_: None)) == 3
+    assert len(migrate(empty_url, "test", echo=lambda *_: None)) == len(load_migrations())
     with psycopg.connect(empty_url) as conn:
         recorded = history(conn)
     edited = sql_copy / "0002_outbox_lease_and_claim.sql"
@@ -468,13 +472,14 @@ def test_changed_applied_file_is_refused(empty_url, sql_copy):
 
 def test_new_file_in_the_copy_is_applied_after_the_others(empty_url, sql_copy):
     # the copy is really what the migrator reads: a fourth file there gets applied
-    assert len(migrate(empty_url, "test", echo=lambda *_: None)) == 3
-    (sql_copy / "0004_extra_note.sql").write_text(
+    assert len(migrate(empty_url, "test", echo=lambda *_: None)) == len(load_migrations())
+    nxt = ALL_VERSIONS[-1] + 1
+    (sql_copy / f"{nxt:04d}_extra_note.sql").write_text(
         "CREATE TABLE extra_note (id integer PRIMARY KEY);\n", "utf-8")
     assert [m.name for m in migrate(empty_url, "test", echo=lambda *_: None)] == ["extra_note"]
     with psycopg.connect(empty_url) as conn:
         assert regclass_exists(conn, "extra_note")
-        assert [r[0] for r in history(conn)] == [1, 2, 3, 4]
+        assert [r[0] for r in history(conn)] == ALL_VERSIONS + [nxt]
 
 
 def test_database_newer_than_the_code_is_refused(empty_url):
@@ -529,9 +534,9 @@ def test_concurrent_migrators_apply_each_file_once(empty_url):
     errors = [r for r in results if isinstance(r, BaseException)]
     assert not errors, errors
     applied = sorted(m.version for r in results for m in r)
-    assert applied == [1, 2, 3]  # each file applied by exactly one migrator
+    assert applied == ALL_VERSIONS  # each file applied by exactly one migrator
     with psycopg.connect(empty_url) as conn:
-        assert [r[0] for r in history(conn)] == [1, 2, 3]
+        assert [r[0] for r in history(conn)] == ALL_VERSIONS
         assert conn.execute("SELECT count(*) FROM environment_sentinel").fetchone()[0] == 1
 
 
@@ -558,7 +563,7 @@ def test_migrator_waits_for_the_advisory_lock(empty_url):
         finally:
             holder.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
     worker.join(60)
-    assert [m.version for m in result["applied"]] == [1, 2, 3]
+    assert [m.version for m in result["applied"]] == ALL_VERSIONS
 
 
 # ------------------------------------------------------------------------------ boot check
@@ -573,11 +578,14 @@ def test_check_schema_tells_old_from_current(empty_db, outbox_db):
 
 
 def test_check_schema_names_only_the_missing_migrations(empty_url, sql_copy, monkeypatch):
-    (sql_copy / "0003_replay_audit.sql").unlink()
+    missing = sorted(p.name for p in sql_copy.glob("0*.sql") if int(p.name[:4]) >= 3)
+    for name in missing:
+        (sql_copy / name).unlink()
     assert len(migrate(empty_url, "test", echo=lambda *_: None)) == 2
     monkeypatch.delenv("OUTBOX_MIGRATIONS_DIR")
     with psycopg.connect(empty_url) as conn:
         with pytest.raises(SchemaTooOld) as info:
             check_schema(conn)
     assert "0003_replay_audit.sql" in str(info.value)
+    assert all(name in str(info.value) for name in missing)
     assert "0001" not in str(info.value) and "0002" not in str(info.value)

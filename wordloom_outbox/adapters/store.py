@@ -86,14 +86,18 @@ class OutboxStore:
         token = uuid.uuid4()
         rows = self._execute(named_sql("claim"), dict(
             limit=limit, owner=owner, token=token, lease=float(lease_seconds),
-            max_processing=float(max_processing_seconds), max_attempts=max_attempts))
-        rows.sort(key=lambda r: r[9])
+            max_processing=float(max_processing_seconds), max_attempts=max_attempts),
+            dicts=True)
+        rows.sort(key=lambda r: r["seq"])
         events, expired = [], []
         for r in rows:
-            event = OutboxEvent(id=r[0], entity_type=r[1], entity_id=r[2], op=r[3],
-                                event_version=r[4], attempts=r[5], created_at=r[6],
-                                reclaimed=r[7])
-            (events if r[8] == Status.PROCESSING.value else expired).append(event)
+            event = OutboxEvent(id=r["id"], entity_type=r["entity_type"],
+                                entity_id=r["entity_id"], op=r["op"],
+                                event_version=r["event_version"], attempts=r["attempts"],
+                                created_at=r["created_at"], reclaimed=r["reclaimed"],
+                                consecutive_failures=r["consecutive_failures"],
+                                reclaims=r["reclaims"])
+            (events if r["status"] == Status.PROCESSING.value else expired).append(event)
         return Claim(token, events, expired)
 
     def load_rows(self, keys: Iterable[tuple[str, uuid.UUID]]) -> dict[tuple[str, uuid.UUID], dict]:

@@ -17,7 +17,9 @@ OPS = frozenset({"upsert", "delete"})
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class OutboxEvent:
-    """One claimed outbox row. ``attempts`` is the count before this claim."""
+    """One claimed outbox row. ``attempts`` is the count before this claim;
+    ``consecutive_failures`` the consecutive failed tries of any kind before this claim (the
+    backoff exponent); ``reclaims`` how often the event was reclaimed after a lost lease."""
 
     id: uuid.UUID
     entity_type: str
@@ -27,6 +29,8 @@ class OutboxEvent:
     attempts: int = 0
     created_at: dt.datetime | None = None
     reclaimed: bool = False
+    consecutive_failures: int = 0
+    reclaims: int = 0
 
     @property
     def key(self) -> tuple[str, uuid.UUID]:
