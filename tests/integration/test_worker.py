@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
-from wordloom_outbox.adapters.sink import EsSink
+from wordloom_outbox.adapters.sink import EsSink, default_index_body
 from wordloom_outbox.adapters.store import OutboxStore, make_pool
 from wordloom_outbox.ops.seed import generated_texts, seed
 from wordloom_outbox.ops.verify import verify
@@ -27,9 +27,11 @@ def metric(name: str, **labels) -> float:
 
 
 @pytest.fixture
-def worker(settings):
+def worker(settings, es):
+    # The index is created with the test client's long timeout: on a loaded machine creating it
+    # can take longer than the short ELASTIC_REQUEST_TIMEOUT_SECONDS the worker runs with.
+    es.indices.create(index=settings.elastic_index, **default_index_body())
     sink = EsSink(settings)
-    sink.ensure_index()
     w = Worker(settings, sink=sink, rng=random.Random(7))
     yield w
     w.close()
