@@ -12,7 +12,7 @@ from wordloom_outbox.domain.actions import chunk_actions, plan_batch, split_in_h
 from wordloom_outbox.domain.classify import (Kind, Outcome, SinkFailure, classify_failure,
                                              classify_item, decide)
 from wordloom_outbox.domain.events import OutboxEvent, Status
-from wordloom_outbox.domain.retry import full_jitter_backoff
+from wordloom_outbox.domain.retry import equal_jitter_backoff, full_jitter_backoff
 
 
 def err(etype, reason="r"):
@@ -125,6 +125,15 @@ def test_full_jitter_is_bounded_by_cap_and_exponent():
     samples = [full_jitter_backoff(3, 0.5, 60.0, rng) for _ in range(2000)]
     assert 0 <= min(samples) and max(samples) <= 4.0 and max(samples) > 3.0
     assert max(full_jitter_backoff(10_000, 0.5, 60.0, rng) for _ in range(200)) <= 60.0
+
+
+def test_equal_jitter_keeps_probes_at_least_half_the_ceiling_apart():
+    rng = random.Random(1)
+    samples = [equal_jitter_backoff(3, 0.5, 2.0, rng) for _ in range(2000)]
+    assert min(samples) >= 1.0 and max(samples) <= 2.0
+    early = [equal_jitter_backoff(0, 0.5, 2.0, rng) for _ in range(200)]
+    assert min(early) >= 0.25 and max(early) <= 0.5
+    assert max(equal_jitter_backoff(10_000, 0.5, 60.0, rng) for _ in range(200)) <= 60.0
 
 
 def row(entity, version, text="t", score=0.5):

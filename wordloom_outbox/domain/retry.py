@@ -19,3 +19,16 @@ def full_jitter_backoff(attempts: int, base: float, cap: float,
     rng = rng or random
     ceiling = min(cap, base * (2 ** min(max(attempts, 0), 62)))
     return rng.uniform(0.0, ceiling)
+
+
+def equal_jitter_backoff(attempts: int, base: float, cap: float,
+                         rng: random.Random | None = None) -> float:
+    """Seconds to wait before the next probe: half the exponential ceiling plus a random half.
+
+    Same arguments as ``full_jitter_backoff``. Never shorter than half the ceiling, so probes of
+    a sink that is down stay spaced out (about one request per second per prober once the
+    ceiling reaches 2 s) while still spreading across processes.
+    """
+    rng = rng or random
+    ceiling = min(cap, base * (2 ** min(max(attempts, 0), 62)))
+    return ceiling / 2 + rng.uniform(0.0, ceiling / 2)

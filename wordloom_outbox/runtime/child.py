@@ -30,16 +30,23 @@ def child_worker_id(settings: Settings) -> str:
     return f"{base}:{os.getpid()}"
 
 
-def read_shared_breaker(path: str | None) -> str | None:
-    """The reason in the parent's breaker file when it says open, else None."""
+def read_shared_breaker(path: str | None) -> tuple[int, str] | None:
+    """``(prober pid, reason)`` from the parent's breaker file when it says open, else None.
+    The file reads ``open <pid> <reason>`` or ``closed``."""
     if not path:
         return None
     try:
         with open(path, encoding="utf-8") as fh:
-            state, _, reason = fh.read().partition(" ")
+            state, _, rest = fh.read().partition(" ")
     except OSError:
         return None
-    return reason.strip() or "es unavailable" if state == "open" else None
+    if state != "open":
+        return None
+    pid, _, reason = rest.partition(" ")
+    try:
+        return int(pid), reason.strip() or "es unavailable"
+    except ValueError:
+        return 0, rest.strip() or "es unavailable"
 
 
 def child_main(settings: Settings, slot: int, fd: int, parent_pid: int,
@@ -79,19 +86,14 @@ def child_main(settings: Settings, slot: int, fd: int, parent_pid: int,
     def should_stop() -> bool:
         return stop["flag"] or hb.parent_gone or os.getppid() != parent_pid
 
-    own = {"open": False}
-
-    def on_breaker(is_open: bool, reason: str) -> None:
-        own["open"] = is_open
-        hb.breaker(is_open, reason)
-
     def shared_breaker() -> str | None:
-        # the child that opened the breaker probes; the others wait for the parent's word
-        return None if own["open"] else read_shared_breaker(breaker_path)
+        # the child the parent names probes; the others wait for the parent's word
+        state = read_shared_breaker(breaker_path)
+        return None if state is None or state[0] == os.getpid() else state[1]
 
     worker = Worker(settings, sink=sink,
                     hooks=LoopHooks(heartbeat=hb.beat, should_stop=should_stop,
-                                    breaker=on_breaker, shared_breaker=shared_breaker))
+                                    breaker=hb.breaker, shared_breaker=shared_breaker))
     hb.ready()
     try:
         worker.run()

@@ -390,11 +390,12 @@ class Supervisor:
             pass
 
     def _write_breaker(self) -> None:
-        """Publish the shared sink breaker to the children: ``open <reason>`` while any child
-        reports it open (that child probes ES; the others stop claiming), else ``closed``.
-        A dead child's breaker closes with it."""
+        """Publish the shared sink breaker to the children: ``open <pid> <reason>`` while any
+        child reports it open, naming the one child that probes ES (the others stop claiming,
+        and a child that opened its own breaker at the same moment stands down), else
+        ``closed``. A dead child's breaker closes with it."""
         opened = [c for c in self.children.values() if c.breaker_open]
-        state = f"open {opened[0].breaker_reason}" if opened else "closed"
+        state = f"open {opened[0].pid} {opened[0].breaker_reason}" if opened else "closed"
         if state == self._breaker_written:
             return
         tmp = self.breaker_path + ".tmp"

@@ -20,7 +20,7 @@ from ..adapters import metrics as m
 from ..adapters.sink import EsSink, SinkError
 from ..adapters.store import OutboxStore, StoreUnavailable, make_pool
 from ..domain.classify import Kind, classify_failure
-from ..domain.retry import full_jitter_backoff
+from ..domain.retry import equal_jitter_backoff, full_jitter_backoff
 from ..settings import Settings
 from .batch import BatchProcessor, BatchResult
 
@@ -28,6 +28,7 @@ log = logging.getLogger("wordloom_outbox.worker")
 
 NOTIFY_CHANNEL = "search_outbox_events"
 PROBE_CAP = 10.0  # seconds: longest wait between two ES probes while the breaker is open
+PROBE_BASE = 0.5  # seconds: the first probe waits 0.5-1 s, the next 1-2 s (about 1 request/s)
 DB_GAUGE_INTERVAL = 5.0  # seconds between database gauge refreshes when run alone
 
 
@@ -37,8 +38,10 @@ class LoopHooks:
     (``progress`` True when a claim completed, even an empty one: the database answered and the
     breaker is closed), ``should_stop()`` polled between batches and while waiting,
     ``breaker(open, reason)`` when this child opens or closes the sink breaker,
-    ``shared_breaker()`` the reason another child holds the breaker open (None when closed):
-    this child then claims nothing and leaves the probing to that child (SPEC 6)."""
+    ``shared_breaker()`` the reason while another child is the one that probes the open
+    breaker (None when closed or when this child is the prober): this child then claims
+    nothing, and stands down if it had opened its own breaker at the same moment, so the
+    whole service probes ES from one child (docs/DESIGN.md, "Breaker")."""
 
     heartbeat: Callable[[bool], None] = lambda progress: None
     should_stop: Callable[[], bool] = lambda: False
@@ -166,6 +169,12 @@ class Worker:
                 log.info("shared breaker closed; claiming again",
                          extra={"worker_id": self.settings.worker_id})
             return False
+        if self._breaker_is_open:
+            # two children tripped together; the parent named the other one the prober
+            self._breaker_is_open = False
+            self.hooks.breaker(False, "")
+            log.info("another child probes ES; standing down",
+                     extra={"worker_id": self.settings.worker_id})
         if not self._shared_open:
             self._shared_open = True
             m.base(m.breaker_open).set(1)
@@ -186,16 +195,17 @@ class Worker:
             m.base(m.breaker_open).set(1)
             self.hooks.breaker(True, reason)
             log.warning("breaker open (%s): probing ES", reason, extra={"worker_id": s.worker_id})
-        cap = min(s.max_backoff, PROBE_CAP, s.base_backoff * 2 ** min(self._trips, 30))
-        self._sleep(cap / 2 + self.rng.uniform(0, cap / 2))
+        # never more than about one probe a second, however small OUTBOX_MAX_BACKOFF_SECONDS is
+        cap = max(4 * PROBE_BASE, min(s.max_backoff, PROBE_CAP))
+        base = max(s.base_backoff, PROBE_BASE)
+        self._sleep(equal_jitter_backoff(self._trips, base, cap, self.rng))
         tries = 0
-        while not self.hooks.should_stop():
+        while not self.hooks.should_stop() and self.hooks.shared_breaker() is None:
             failure = self.sink.ping()
             if failure is None or classify_failure(failure).kind is not Kind.UNAVAILABLE:
                 return
             tries += 1
-            self._sleep(full_jitter_backoff(tries, s.base_backoff, min(s.max_backoff, PROBE_CAP),
-                                            self.rng) + 0.05)
+            self._sleep(equal_jitter_backoff(tries, base, cap, self.rng))
 
     def _close_breaker(self, result: BatchResult) -> None:
         """A batch after the breaker wait found the sink usable: close it for every child."""
