@@ -1,8 +1,6 @@
-"""Packaging shim: metadata lives in setup.cfg; the numbered migrations in sql/ are installed as
-data files (share/wordloom-outbox/sql) so an installed package finds them."""
-
-from glob import glob
+"""Packaging shim: metadata lives in setup.cfg. The numbered migrations ship inside the package
+(wordloom_outbox/migrations, package_data), so nothing is installed outside site-packages."""
 
 from setuptools import setup
 
-setup(data_files=[("share/wordloom-outbox/sql", sorted(glob("sql/*.sql")))])
+setup()

@@ -36,7 +36,7 @@ from ..conftest import V3_SCHEMA, cli_cmd, conn_url, subprocess_env
 
 ALL_VERSIONS = [m.version for m in load_migrations()]
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "wordloom_outbox" / "migrations"
 V3_OUTBOX_COLUMNS = [
     "id", "entity_type", "entity_id", "op", "event_version", "created_at", "processed_at", "error",
     "status", "owner", "lease_until", "attempts", "next_retry_at", "updated_at",
@@ -138,7 +138,7 @@ def scratch_database(pg_server):
 
 @pytest.fixture
 def sql_copy(tmp_path, monkeypatch) -> Path:
-    """A copy of ``sql/`` that the migrator reads instead (OUTBOX_MIGRATIONS_DIR)."""
+    """A copy of the shipped migrations that the migrator reads instead (OUTBOX_MIGRATIONS_DIR)."""
     target = tmp_path / "sql"
     shutil.copytree(SQL_DIR, target)
     monkeypatch.setenv("OUTBOX_MIGRATIONS_DIR", str(target))

@@ -1,7 +1,8 @@
 """Guarded raw-SQL migrations (SPEC 2 and 12). Runs in the operator's process, never in workers
 (workers only check the schema version at boot).
 
-Files ``sql/NNNN_name.sql`` are applied in order, each in its own transaction, recorded with a
+Files ``wordloom_outbox/migrations/NNNN_name.sql`` (shipped inside the package, read with
+:mod:`importlib.resources`, so an installed wheel migrates exactly like a checkout) are applied in order, each in its own transaction, recorded with a
 SHA-256 checksum in ``schema_migrations``, under a session advisory lock. Before anything is
 written the guard checks that ``WORDLOOM_ENV`` agrees with the database: the
 ``environment_sentinel`` row when present, else the database name suffix (``_test``, ``_dev``,
@@ -15,7 +16,8 @@ import dataclasses
 import hashlib
 import os
 import re
-import sys
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import psycopg
@@ -37,7 +39,7 @@ class SchemaTooOld(MigrationError):
 class Migration:
     version: int
     name: str
-    path: Path
+    path: Traversable  # a Path, or a resource inside the installed package; ``.name`` is the file name
     sql: str
 
     @property
@@ -45,23 +47,26 @@ class Migration:
         return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
 
 
-def migrations_dir() -> Path:
-    """``OUTBOX_MIGRATIONS_DIR``, the repository's ``sql/``, or the installed data files."""
+def migrations_dir() -> Traversable:
+    """Where the numbered migrations are read from: the package's own ``migrations/``, or
+    ``OUTBOX_MIGRATIONS_DIR`` when set (tests and operators trying a changed set of files).
+
+    Raises :class:`MigrationError` when the chosen place holds no ``NNNN_name.sql`` file.
+    """
     env = os.environ.get("OUTBOX_MIGRATIONS_DIR")
-    candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parents[2] / "sql",
-                   Path(sys.prefix) / "share" / "wordloom-outbox" / "sql"]
-    for c in candidates:
-        if c.is_dir() and any(c.glob("0*.sql")):
-            return c
-    raise MigrationError(f"no migrations found (looked in {', '.join(map(str, candidates))})")
+    where: Traversable = Path(env) if env else resources.files("wordloom_outbox") / "migrations"
+    if not where.is_dir() or not any(FILE_RE.match(p.name) for p in where.iterdir()):
+        source = "OUTBOX_MIGRATIONS_DIR" if env else "the installed package"
+        raise MigrationError(f"no migrations found in {where} ({source})")
+    return where
 
 
-def load_migrations(directory: Path | None = None) -> list[Migration]:
+def load_migrations(directory: Traversable | None = None) -> list[Migration]:
     """The numbered migrations in order. Raises :class:`MigrationError` on a gap or a stray name."""
     directory = directory or migrations_dir()
     found = []
-    for path in sorted(directory.glob("*.sql")):
+    for path in sorted((p for p in directory.iterdir() if p.name.endswith(".sql")),
+                       key=lambda p: p.name):
         match = FILE_RE.match(path.name)
         if not match:
             raise MigrationError(f"{path.name}: migration files are named NNNN_name.sql")

@@ -15,7 +15,7 @@ One run is one transaction:
    attempts and ``updated_at`` it had, then set it ``pending`` with ``attempts = 0``, no
    ``next_retry_at``, no error, no lease (owner, token, lease_until), ``replay_count + 1`` and
    ``last_replayed_at/by/reason``, and ``NOTIFY search_outbox_events`` (delivered at commit) so
-   idle workers wake at once, as the INSERT trigger of sql/0002 does for new events.
+   idle workers wake at once, as the INSERT trigger of migrations/0002 does for new events.
 
 Refusals raise :class:`ReplayRefused` before anything is written (a refused run leaves no audit
 row): blank ``actor`` or ``reason``, ``limit < 1``, a blank filter value, an empty ``ids`` list, an
@@ -37,7 +37,7 @@ SAMPLE = 20          # event ids kept in the report
 CHUNK = 1000         # events written per statement (progress is reported per chunk)
 ACTOR_MAX = 120      # search_outbox_replays.actor and last_replayed_by are varchar(120)
 UNKNOWN_REASON = "unknown"  # how failed_by_reason.sql and `status` name a NULL error_reason
-NOTIFY_CHANNEL = "search_outbox_events"  # what workers LISTEN on (runtime/worker.py, sql/0002)
+NOTIFY_CHANNEL = "search_outbox_events"  # what workers LISTEN on (runtime/worker.py, migrations/0002)
 
 
 class ReplayRefused(ValueError):
