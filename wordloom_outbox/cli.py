@@ -85,9 +85,6 @@ def migrate(dry_run: bool, confirm_database: str | None, database_url: str | Non
 def work(once: bool, until_drained: bool, bulk_size: int | None) -> None:
     """Run one worker loop in the foreground (no supervisor)."""
     from .runtime.logs import setup_logging
-    if bulk_size is not None and bulk_size <= 0:
-        click.echo("configuration error: --bulk-size (OUTBOX_BULK_SIZE) must be > 0", err=True)
-        sys.exit(exitcodes.CONFIG)
     settings = _settings(bulk_size=bulk_size)
     setup_logging(settings.log_format, settings.log_level)
     sys.exit(run_foreground_worker(settings, once=once, until_drained=until_drained))
@@ -134,9 +131,6 @@ def run(workers: int | None, env_file: str | None) -> None:
     import os
     import tempfile
     from .runtime.logs import setup_logging
-    if workers is not None and workers <= 0:
-        click.echo("configuration error: --workers (OUTBOX_WORKERS) must be > 0", err=True)
-        sys.exit(exitcodes.CONFIG)
     base_env = dict(os.environ)
     if env_file:
         from .runtime.supervisor_env import read_env_file
@@ -155,6 +149,14 @@ def run(workers: int | None, env_file: str | None) -> None:
     prepare_multiprocess_dir(mp_dir)
     setup_logging(settings.log_format, settings.log_level)
     sys.exit(Supervisor(settings, env_file=env_file, base_env=base_env).run())
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="Print the README's Markdown table.")
+def config(markdown: bool) -> None:
+    """Print the configuration table: every variable, its default and meaning."""
+    from .settings import render_markdown, render_text
+    click.echo(render_markdown() if markdown else render_text(), nl=False)
 
 
 @main.command()
