@@ -185,25 +185,53 @@ def seed(corpus: str | None, generate: bool, limit: int | None, seed_value: int)
     click.echo(report.line() + f" corpus={source or 'generated'}")
 
 
+def _progress(stack, label: str, length: int | None):
+    """A ``progress(n)`` callable: click's progress bar on stderr when it is a terminal, else a
+    no-op (the command prints one summary line instead)."""
+    if not sys.stderr.isatty():
+        return lambda n: None
+    bar = stack.enter_context(click.progressbar(length=length, label=label, file=sys.stderr))
+    return bar.update
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--repair", is_flag=True, help="Enqueue events for every drifted document.")
+@click.option("--repair", is_flag=True,
+              help="Enqueue an outbox event for every drifted document, at a version ES "
+                   "accepts (missing/stale: the row gets a new version, content unchanged; "
+                   "orphan: a delete above the document's version). The service applies them.")
 def verify(as_json: bool, repair: bool) -> None:
-    """Compare search_index with the ES index; exit 1 on drift."""
+    """Compare search_index with the ES index (ELASTIC_INDEX) document by document.
+
+    Streams both sides in id order (bounded memory at any size); a progress bar on a terminal,
+    one summary line otherwise: `verify: ok|drift rows=N es_docs=N missing=N stale=N
+    orphans=N`. Exit 0 when clean, 1 on drift, 75 when ES or Postgres cannot be read.
+    """
+    import contextlib
     from .adapters.sink import make_client
-    from .ops.verify import repair as run_repair, verify as run_verify
+    from .ops.verify import Repairer, verify as run_verify
     settings = _settings()
-    es = make_client(settings, timeout=60)
-    with _connect(settings) as conn:
+    es = make_client(settings, timeout=120)
+    with contextlib.ExitStack() as stack:
+        conn = stack.enter_context(_connect(settings))
+        fixer = Repairer(stack.enter_context(_connect(settings))) if repair else None
         try:
-            report = run_verify(conn, es, settings.elastic_index)
-        except Exception as exc:  # ES errors: say which and stop
-            click.echo(f"verify: cannot read index {settings.elastic_index}: {exc}", err=True)
+            total = conn.execute("SELECT count(*) FROM search_index").fetchone()[0]
+            total += es.count(index=settings.elastic_index)["count"]
+            progress = _progress(stack, "verifying", total)
+            report = run_verify(conn, es, settings.elastic_index, progress=progress,
+                                on_drift=fixer)
+            if fixer is not None:
+                fixer.close()
+        except psycopg.Error as exc:
+            click.echo(f"verify: database error: {settings.scrub(str(exc).strip())}", err=True)
             sys.exit(exitcodes.TEMPFAIL)
-        repaired = 0
-        if repair and not report.ok:
-            repaired = run_repair(conn, report)
-            conn.commit()
+        except Exception as exc:  # ES errors: say which and stop
+            click.echo(f"verify: cannot read index {settings.elastic_index}: "
+                       f"{settings.scrub(str(exc))}", err=True)
+            sys.exit(exitcodes.TEMPFAIL)
+        conn.rollback()
+    repaired = fixer.events if fixer is not None else 0
     if as_json:
         out = report.as_json()
         if repair:

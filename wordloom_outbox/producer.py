@@ -54,6 +54,19 @@ SELECT %(t)s, %(id)s, 'delete',
        GREATEST({_CLOCK_VERSION}, COALESCE((SELECT max(event_version) FROM gone), 0) + 1)
 RETURNING event_version
 """
+_TOUCH = f"""
+WITH up AS (
+    UPDATE search_index s
+       SET event_version = GREATEST({_CLOCK_VERSION}, s.event_version + 1,
+                                    COALESCE(%(floor)s::bigint, 0)),
+           updated_at = now()
+     WHERE s.entity_type = %(t)s AND s.entity_id = %(id)s
+    RETURNING s.event_version
+)
+INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version)
+SELECT %(t)s, %(id)s, 'upsert', event_version FROM up
+RETURNING event_version
+"""
 _EMIT = """
 INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version)
 VALUES (%(t)s, %(id)s, %(op)s, %(version)s) RETURNING id
@@ -89,6 +102,17 @@ def delete_document(conn: psycopg.Connection, entity_type: str, entity_id: uuid.
     larger than any earlier one, in the caller's transaction. Returns that version."""
     params = dict(t=entity_type, id=entity_id, version=event_version)
     return conn.execute(_DELETE, params).fetchone()[0]
+
+
+def touch_document(conn: psycopg.Connection, entity_type: str, entity_id: uuid.UUID, *,
+                   floor: int | None = None) -> int | None:
+    """Give the entity's ``search_index`` row a new, larger version without changing its content
+    and write an ``upsert`` event, in the caller's transaction (``verify --repair``: ES may hold
+    a tombstone or a document at a version the row's own version would not outrank). The version
+    is at least ``floor`` when given. Returns it, or None when the row does not exist."""
+    row = conn.execute(_TOUCH, dict(t=entity_type, id=entity_id, version=None,
+                                    floor=floor)).fetchone()
+    return row[0] if row else None
 
 
 def upsert_many(conn: psycopg.Connection, docs: Iterable[Document]) -> int:

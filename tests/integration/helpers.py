@@ -33,4 +33,37 @@ def events(url: str, where: str = "true", params=()) -> list[dict]:
 
 
 __all__ = ["produce", "status_counts", "events", "upsert_document", "delete_document",
-           "emit_event"]
+           "emit_event", "run_on_terminal"]
+
+
+def run_on_terminal(args: list[str], env: dict[str, str], timeout: float = 120):
+    """Run ``args`` with stderr on a pseudo-terminal (stdout piped); returns
+    ``(CompletedProcess, bytes shown on the terminal)``. The terminal is drained by a thread so
+    a chatty progress bar can never block the child."""
+    import os
+    import pty
+    import subprocess
+    import threading
+    controller, terminal = pty.openpty()
+    shown = bytearray()
+
+    def drain():
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.run(args, env=env, stdout=subprocess.PIPE, stderr=terminal, text=True,
+                              timeout=timeout)
+    finally:
+        os.close(terminal)
+        reader.join(5)
+        os.close(controller)
+    return proc, bytes(shown)
