@@ -64,6 +64,19 @@ children = Gauge("outbox_children", "Live worker children", BASE,
 child_restarts_total = Counter("outbox_child_restarts_total", "Children respawned", BASE)
 child_hang_kills_total = Counter("outbox_child_hang_kills_total",
                                  "Children killed for a missed heartbeat", BASE)
+progress_age_seconds = Gauge("outbox_progress_age_seconds",
+                             "Seconds since the freshest child last completed a claim (an empty "
+                             "one counts; since the supervisor started when none has)", BASE,
+                             multiprocess_mode="livemostrecent")
+
+# Label values known in advance, exported at zero from the start so that ``increase()`` and
+# ``rate()`` see the first event (a series born at 1 shows no increase) and dashboards have
+# their series before anything happened. Reasons: docs/RUNBOOK.md "What to watch".
+OPS = ("upsert", "delete")
+TERMINAL_REASONS = ("es_mapping", "es_document_too_large", "bad_event", "unknown_exception",
+                    "lease_expired")
+BULK_RESULTS = ("success", "partial", "failed")
+NOOP_REASONS = ("superseded", "version_conflict", "delete_missing")
 
 
 def base(metric):
@@ -73,6 +86,24 @@ def base(metric):
 
 def labelled(metric, *values: str):
     return metric.labels(COMPONENT, PROJECTION, *values)
+
+
+def init_series() -> None:
+    """Create the label-less series and the known labelled counter series at zero (called once
+    per process that exports them: the supervisor, or ``work`` run alone)."""
+    for metric in (stale_ack_total, reclaimed_total, event_latency_seconds,
+                   es_bulk_request_duration_seconds, child_restarts_total,
+                   child_hang_kills_total, breaker_open):
+        base(metric)
+    for op in OPS:
+        labelled(processed_total, op)
+        for reason in TERMINAL_REASONS:
+            labelled(terminal_failed_total, op, reason)
+            labelled(failed_total, op, reason)
+    for result in BULK_RESULTS:
+        labelled(es_bulk_requests_total, result)
+    for reason in NOOP_REASONS:
+        labelled(idempotent_noop_total, reason)
 
 
 def publish_db_gauges(g: dict) -> None:

@@ -75,6 +75,7 @@ class Supervisor:
         self.es_ok, self.es_reason = True, ""
         self.next_status = 0.0
         self.loop_tick = clock()
+        self.started_at = self.loop_tick
         self.servers = []
 
     # -- boot -----------------------------------------------------------------------------
@@ -119,8 +120,7 @@ class Supervisor:
             signal.signal(sig, self._record_signal)
         log.info("supervisor %d: %d children, health %s:%d, metrics %s:%d", self.pid, self.target,
                  s.http_host, self.health.server_port, s.http_host, self.metrics.server_port)
-        m.base(m.child_restarts_total)
-        m.base(m.child_hang_kills_total)
+        m.init_series()
         self.state = "running"
         try:
             while self.state != "stopped":
@@ -162,6 +162,7 @@ class Supervisor:
             self._refresh_status()
             self.next_status = self.clock() + STATUS_INTERVAL
         m.base(m.children).set(len(self.children))
+        m.base(m.progress_age_seconds).set(self._progress_age(now))
         self._write_breaker()
         fds = [self._wake_r] + [srv.fileno() for srv in self.servers] + [c.fd for c in self.children.values()]
         try:
@@ -426,6 +427,12 @@ class Supervisor:
             self.db_ok, self.db_reason = False, f"database unreachable: {s.scrub(str(exc).strip())[:200]}"
         if s.require_es_ready:
             self.es_ok, self.es_reason = es_reachable(s)
+
+    def _progress_age(self, now: float) -> float:
+        """Seconds since any child last completed a claim (since the start when none has)."""
+        last = max((c.last_progress for c in self.children.values()
+                    if c.last_progress is not None), default=None)
+        return round(now - (self.started_at if last is None else max(last, self.started_at)), 3)
 
     def report(self, kind: str) -> tuple[bool, dict]:
         """Body of ``/healthz`` (``kind='healthz'``) or ``/readyz``."""

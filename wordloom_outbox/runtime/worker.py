@@ -94,9 +94,7 @@ class Worker:
         self._index_failures = 0
         # every series exists from the start, at zero (a scrape shows the whole set)
         m.base(m.breaker_open).set(0)
-        for metric in (m.stale_ack_total, m.reclaimed_total, m.es_bulk_request_duration_seconds,
-                       m.event_latency_seconds):
-            m.base(metric)
+        m.init_series()
 
     # -- the loop -------------------------------------------------------------------------
 
