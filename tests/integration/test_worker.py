@@ -15,6 +15,7 @@ from wordloom_outbox.adapters.store import OutboxStore, make_pool
 from wordloom_outbox.ops.seed import generated_texts, seed
 from wordloom_outbox.ops.verify import verify
 from wordloom_outbox.runtime.batch import BatchProcessor
+from wordloom_outbox.labs.service import wait_for
 from wordloom_outbox.runtime.worker import Worker
 
 from .helpers import emit_event, events, produce, status_counts, upsert_document
@@ -185,7 +186,10 @@ def test_es_unreachable_keeps_events_pending_then_drains_without_restart(worker,
     assert {r["status"] for r in rows} == {"pending"}
     assert all(r["attempts"] == 0 and r["next_retry_at"] is not None for r in rows)
     assert all(r["error_reason"] == "es_connect" for r in rows)
+    assert all(r["consecutive_failures"] == 1 for r in rows)
     es_proxy.clear_fault()
+    # the refusal backoff holds the retries back for a moment; drain once they are due
+    wait_for(lambda: not events(db_url, "next_retry_at > now()"), 10, "the retries to come due")
     worker.run(until_drained=True)
     assert status_counts(db_url) == {"done": 20}
     with psycopg.connect(db_url) as conn:

@@ -41,8 +41,9 @@ ITEM_CASES = [
      "es_mapping", ""),
     ("index", {"status": 400, "error": err("strict_dynamic_mapping_exception")},
      Kind.BAD_DOCUMENT, "es_mapping", ""),
-    ("index", {"status": 400, "error": err("illegal_argument_exception")}, Kind.BAD_DOCUMENT,
-     "es_mapping", ""),
+    # not named as a document error: decided with the rest of the request (classify_response)
+    ("index", {"status": 400, "error": err("illegal_argument_exception")}, Kind.UNKNOWN,
+     "es_item_rejected", ""),
     ("index", {"status": 413, "error": err("document_too_large")}, Kind.BAD_DOCUMENT,
      "es_document_too_large", ""),
     ("index", {"status": 403, "error": err("security_exception")}, Kind.CONFIG, "es_auth", ""),

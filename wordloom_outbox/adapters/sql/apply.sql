@@ -1,9 +1,12 @@
 -- Apply a batch's decisions in one set-based statement, fenced by the lease token (SPEC 4.6).
 -- A row whose lease was lost (reclaimed by another claim) matches nothing here and is counted
--- as a stale ack by the caller.
+-- as a stale ack by the caller. consecutive_failures counts the event's failed tries in a row
+-- (sink refusals included, which use no attempt): the refusal backoff's exponent; an ack resets it.
 UPDATE search_outbox_events e
    SET status = d.status,
        attempts = e.attempts + d.attempt_inc,
+       consecutive_failures = CASE WHEN d.status = 'done' THEN 0
+                                   ELSE e.consecutive_failures + 1 END,
        next_retry_at = CASE WHEN d.status = 'pending'
                             THEN now() + make_interval(secs => d.delay) END,
        processed_at = CASE WHEN d.status = 'done' THEN now() ELSE e.processed_at END,
