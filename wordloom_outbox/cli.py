@@ -17,61 +17,104 @@ from .settings import ConfigError, Settings, load_settings
 
 
 def _settings(**overrides) -> Settings:
-    try:
-        return load_settings(**overrides)
-    except ConfigError as exc:
-        click.echo(f"configuration error: {exc}", err=True)
-        sys.exit(exitcodes.CONFIG)
+    """Settings from the environment (and flags); a bad value raises ``ConfigError`` (78)."""
+    return load_settings(**overrides)
 
 
 def _connect(settings: Settings, **kw) -> psycopg.Connection:
-    try:
-        return psycopg.connect(settings.database_url, connect_timeout=10, **kw)
-    except psycopg.OperationalError as exc:
-        click.echo(f"database unreachable ({settings.redacted_database_url()}): "
-                   f"{settings.scrub(str(exc).strip())}", err=True)
-        sys.exit(exitcodes.TEMPFAIL)
+    """A connection; ``psycopg.OperationalError`` (75) when the database is unreachable."""
+    return psycopg.connect(settings.database_url, connect_timeout=10, **kw)
 
 
-@click.group()
+def _secrets_scrubbed(text: str, ctx: click.Context) -> str:
+    """``text`` without the password of any database URL or ES credential this command knew."""
+    from .settings import normalize_database_url, scrub
+    import os
+    urls = [os.environ.get("DATABASE_URL"), ctx.meta.get("wordloom.database_url")]
+    for url in filter(None, urls):
+        text = scrub(text, url)
+        text = scrub(text, normalize_database_url(url.strip()))
+    for name in ("ELASTIC_PASSWORD", "ELASTIC_API_KEY"):
+        if os.environ.get(name):
+            text = text.replace(os.environ[name], "***")
+    return text
+
+
+def _database_named(ctx: click.Context) -> str:
+    """`` (postgresql://user:***@host:port/db)`` for the database this command used, if known."""
+    from .settings import normalize_database_url, redact_url
+    import os
+    url = ctx.meta.get("wordloom.database_url") or os.environ.get("DATABASE_URL")
+    return f" ({redact_url(normalize_database_url(url.strip()))})" if url else ""
+
+
+def exit_code_for(exc: BaseException) -> tuple[int, str] | None:
+    """The documented exit code and stderr prefix of one of our exceptions
+    (``exitcodes.EXCEPTION_CODES``), or ``None`` for anything else (a bug: traceback, 1)."""
+    import importlib
+    for module, name, code, prefix in exitcodes.EXCEPTION_CODES:
+        mod = sys.modules.get(module)
+        if mod is None:
+            try:
+                mod = importlib.import_module(module)
+            except ImportError:  # pragma: no cover - optional dependency not installed
+                continue
+        if isinstance(exc, getattr(mod, name)):
+            return code, prefix
+    return None
+
+
+class OutboxGroup(click.Group):
+    """The command group that maps our exceptions to exit codes in one place: one line on stderr
+    (``<command>: <what>: <message>``, secrets scrubbed), the code of ``exitcodes.py``, no
+    traceback. Any other exception is a bug: its traceback (scrubbed) and exit 70 (SOFTWARE),
+    never 1, which means drift."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            found = exit_code_for(exc)
+            if found is None:
+                import traceback
+                text = "".join(traceback.format_exception(exc))
+                click.echo(_secrets_scrubbed(text, ctx), err=True, nl=False)
+                ctx.exit(exitcodes.SOFTWARE)
+            code, prefix = found
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            where = ctx.invoked_subcommand or ctx.info_name
+            if prefix == "database unreachable":
+                prefix += _database_named(ctx)
+            click.echo(_secrets_scrubbed(f"{where}: {prefix}: {message}", ctx), err=True)
+            ctx.exit(code)
+
+
+@click.group(cls=OutboxGroup)
 @click.version_option(package_name="wordloom-outbox")
 def main() -> None:
-    """wordloom-outbox: drain the Postgres search outbox into Elasticsearch."""
+    """wordloom-outbox: drain the Postgres search outbox into Elasticsearch.
+
+    Exit codes: 0 ok, 1 drift, 2 usage, 70 bug, 75 dependency unreachable, 78 configuration,
+    79 schema older than the code (wordloom_outbox/exitcodes.py)."""
 
 
 @main.command()
 @click.option("--plan", "dry_run", is_flag=True, help="List the migrations that would run; write nothing.")
 @click.option("--confirm-database", default=None, help="Required for prod: the database name.")
 @click.option("--database-url", envvar="DATABASE_URL", default=None, show_envvar=True)
-def migrate(dry_run: bool, confirm_database: str | None, database_url: str | None) -> None:
+@click.pass_context
+def migrate(ctx: click.Context, dry_run: bool, confirm_database: str | None,
+            database_url: str | None) -> None:
     """Apply the numbered SQL migrations, guarded by WORDLOOM_ENV."""
-    from .ops.migrate import MigrationError, migrate as run_migrate
-    from .settings import ENVIRONMENTS, check_database_url, redact_url, scrub
+    from .ops.migrate import migrate as run_migrate
+    from .settings import SETTINGS_BY_VARIABLE, check_database_url
     import os
-    env = os.environ.get("WORDLOOM_ENV") or None
-    try:
-        database_url = check_database_url(database_url)
-    except ConfigError as exc:
-        click.echo(f"configuration error: {exc}", err=True)
-        sys.exit(exitcodes.CONFIG)
-    if env is not None and env not in ENVIRONMENTS:
-        click.echo(f"configuration error: WORDLOOM_ENV={env!r} is not valid: expected one of "
-                   f"{', '.join(ENVIRONMENTS)}", err=True)
-        sys.exit(exitcodes.CONFIG)
-    try:
-        pending = run_migrate(database_url, env,
-                              confirm_database=confirm_database, dry_run=dry_run)
-    except MigrationError as exc:
-        click.echo(f"migrate: {exc}", err=True)
-        sys.exit(exitcodes.CONFIG)
-    except psycopg.OperationalError as exc:
-        click.echo(f"migrate: database unreachable ({redact_url(database_url)}): "
-                   f"{scrub(str(exc).strip(), database_url)}", err=True)
-        sys.exit(exitcodes.TEMPFAIL)
-    except psycopg.ProgrammingError as exc:
-        click.echo(f"configuration error: DATABASE_URL={redact_url(database_url)!r} is not "
-                   f"valid: {scrub(str(exc).strip(), database_url)}", err=True)
-        sys.exit(exitcodes.CONFIG)
+    ctx.meta["wordloom.database_url"] = database_url
+    database_url = check_database_url(database_url)
+    env = SETTINGS_BY_VARIABLE["WORDLOOM_ENV"].read(os.environ)
+    pending = run_migrate(database_url, env, confirm_database=confirm_database, dry_run=dry_run)
     if dry_run:
         for mig in pending:
             click.echo(f"would apply {mig.path.name}")
@@ -91,16 +134,14 @@ def work(once: bool, until_drained: bool, bulk_size: int | None) -> None:
 
 
 def run_foreground_worker(settings: Settings, *, once: bool, until_drained: bool) -> int:
-    """Boot checks (schema, index) then the loop; TERM/INT stop it after the batch in flight."""
+    """Boot checks (schema, index) then the loop; TERM/INT stop it after the batch in flight.
+
+    Raises ``SchemaTooOld`` (79) or ``psycopg.OperationalError`` (75) at boot."""
     from .adapters.sink import EsSink
-    from .ops.migrate import SchemaTooOld, check_schema
+    from .ops.migrate import check_schema
     from .runtime.worker import LoopHooks, Worker
     with _connect(settings, autocommit=True) as conn:
-        try:
-            check_schema(conn)
-        except SchemaTooOld as exc:
-            click.echo(f"work: {exc}", err=True)
-            return exitcodes.SCHEMA
+        check_schema(conn)
     sink = EsSink(settings)
     stop = {"flag": False}
 
@@ -136,9 +177,8 @@ def run(workers: int | None, env_file: str | None) -> None:
         from .runtime.supervisor_env import read_env_file
         try:
             os.environ.update(read_env_file(env_file))
-        except (ConfigError, OSError) as exc:
-            click.echo(f"configuration error: --env-file: {exc}", err=True)
-            sys.exit(exitcodes.CONFIG)
+        except OSError as exc:
+            raise ConfigError(f"--env-file {env_file}: {exc.strerror or exc}") from None
     settings = _settings(workers=workers)
     # prometheus_client reads PROMETHEUS_MULTIPROC_DIR when metrics are first used: set and
     # wipe it before importing the metrics module and before the first fork.
@@ -173,9 +213,8 @@ def seed(corpus: str | None, generate: bool, limit: int | None, seed_value: int)
     source = None if generate else (corpus or default_corpus())
     try:
         texts = load_texts(source, limit, rng)
-    except (OSError, ValueError) as exc:
-        click.echo(f"seed: {exc}", err=True)
-        sys.exit(exitcodes.USAGE)
+    except (OSError, ValueError) as exc:  # the corpus: a usage error (2), like a bad flag
+        raise click.BadParameter(str(exc), param_hint="--corpus") from None
     with _connect(settings) as conn:
         if sys.stderr.isatty():
             with click.progressbar(length=len(texts), label="seeding", file=sys.stderr) as bar:
@@ -212,24 +251,15 @@ def verify(as_json: bool, repair: bool) -> None:
     from .ops.verify import Repairer, verify as run_verify
     settings = _settings()
     es = make_client(settings, timeout=120)
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:  # database and ES errors: exit codes of OutboxGroup
         conn = stack.enter_context(_connect(settings))
         fixer = Repairer(stack.enter_context(_connect(settings))) if repair else None
-        try:
-            total = conn.execute("SELECT count(*) FROM search_index").fetchone()[0]
-            total += es.count(index=settings.elastic_index)["count"]
-            progress = _progress(stack, "verifying", total)
-            report = run_verify(conn, es, settings.elastic_index, progress=progress,
-                                on_drift=fixer)
-            if fixer is not None:
-                fixer.close()
-        except psycopg.Error as exc:
-            click.echo(f"verify: database error: {settings.scrub(str(exc).strip())}", err=True)
-            sys.exit(exitcodes.TEMPFAIL)
-        except Exception as exc:  # ES errors: say which and stop
-            click.echo(f"verify: cannot read index {settings.elastic_index}: "
-                       f"{settings.scrub(str(exc))}", err=True)
-            sys.exit(exitcodes.TEMPFAIL)
+        total = conn.execute("SELECT count(*) FROM search_index").fetchone()[0]
+        total += es.count(index=settings.elastic_index)["count"]
+        progress = _progress(stack, "verifying", total)
+        report = run_verify(conn, es, settings.elastic_index, progress=progress, on_drift=fixer)
+        if fixer is not None:
+            fixer.close()
         conn.rollback()
     repaired = fixer.events if fixer is not None else 0
     if as_json:
@@ -268,9 +298,8 @@ def labs_run(scenarios: tuple[str, ...], run_all: bool, out: str, run_id: str | 
     names = list(DRILLS) if run_all or not scenarios else list(scenarios)
     try:
         run_dir, results = run_drills(names, out, run_id)
-    except KeyError as exc:
-        click.echo(f"labs: {exc.args[0]}", err=True)
-        sys.exit(exitcodes.USAGE)
+    except KeyError as exc:  # an unknown drill name: a usage error (2)
+        raise click.UsageError(exc.args[0]) from None
     failed = sum(not r["ok"] for r in results)
     click.echo(f"snapshot: {run_dir} passed={len(results) - failed} failed={failed}")
     sys.exit(exitcodes.DRIFT if failed else exitcodes.OK)
@@ -335,16 +364,12 @@ def replay_failed_command(actor: str, reason: str, limit: int, error_reason: str
                           dry_run: bool, as_json: bool) -> None:
     """Move failed events back to pending, audited (search_outbox_replays)."""
     import contextlib
-    from .ops.migrate import SchemaTooOld, check_schema
-    from .ops.replay import CHUNK, ReplayRefused, replay_failed
+    from .ops.migrate import check_schema
+    from .ops.replay import CHUNK, replay_failed
     settings = _settings()
     with contextlib.ExitStack() as stack:
         conn = stack.enter_context(_connect(settings))
-        try:
-            check_schema(conn)
-        except SchemaTooOld as exc:
-            click.echo(f"replay-failed: {exc}", err=True)
-            sys.exit(exitcodes.SCHEMA)
+        check_schema(conn)
         conn.rollback()
         bar = None
 
@@ -357,13 +382,9 @@ def replay_failed_command(actor: str, reason: str, limit: int, error_reason: str
                                                             file=sys.stderr))
             bar.update(done - bar.pos)
 
-        try:
-            report = replay_failed(conn, actor=actor, reason=reason, limit=limit,
-                                   error_reason=error_reason, entity_type=entity_type, ids=ids,
-                                   since=since, dry_run=dry_run, progress=progress)
-        except ReplayRefused as exc:
-            click.echo(f"replay-failed: refused: {exc}", err=True)
-            sys.exit(exitcodes.CONFIG)
+        report = replay_failed(conn, actor=actor, reason=reason, limit=limit,
+                               error_reason=error_reason, entity_type=entity_type, ids=ids,
+                               since=since, dry_run=dry_run, progress=progress)
     if as_json:
         click.echo(json.dumps(report.as_json(), default=str))
         return
