@@ -272,6 +272,55 @@ def verify(as_json: bool, repair: bool) -> None:
     sys.exit(exitcodes.OK if report.ok else exitcodes.DRIFT)
 
 
+def _uuid_option(ctx, param, value: str | None):
+    if value is None:
+        return None
+    import uuid
+    try:
+        return uuid.UUID(value.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a UUID") from None
+
+
+@main.command()
+@click.argument("text")
+@click.option("--library", "library_id", default=None, callback=_uuid_option, metavar="UUID",
+              help="Only documents of this library.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="At most this many hits.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def search(text: str, library_id, limit: int, as_json: bool) -> None:
+    """Search the projection (ELASTIC_INDEX) for TEXT, English or Chinese.
+
+    Every word (for Chinese: every pair of adjacent characters) of TEXT must match. Prints one
+    line per hit, best first (`score doc_id library=ID text`), then `search: hits=N total=N`.
+    With ENABLE_SEARCH_PROJECTION=0 it prints no hits at once without contacting ES
+    (`search: hits=0 total=0 disabled`). Exit 75 when ES cannot answer.
+    """
+    from .search import SearchError, Searcher
+    settings = _settings()
+    searcher = Searcher(settings)
+    try:
+        result = searcher.search(text, library_id=library_id, limit=limit)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="TEXT") from None
+    except SearchError as exc:
+        click.echo(f"search: {exc}", err=True)
+        sys.exit(exitcodes.TEMPFAIL)
+    finally:
+        searcher.close()
+    if as_json:
+        click.echo(json.dumps(result.as_json(), ensure_ascii=False))
+        return
+    for hit in result.hits:
+        shown = " ".join((hit.snippet or hit.text).split())
+        if len(shown) > 80:
+            shown = shown[:79] + "…"
+        click.echo(f"{hit.score:7.3f} {hit.doc_id} library={hit.library_id or '-'} {shown}")
+    click.echo(f"search: hits={len(result.hits)} total={result.total}"
+               + ("" if result.enabled else " disabled"))
+
+
 @main.group()
 def labs() -> None:
     """Failure drills on embedded servers, with evidence (SPEC 12)."""

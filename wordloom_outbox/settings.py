@@ -347,7 +347,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", TEXT, None, "metrics files",
             shown_default="`$TMPDIR/wordloom-outbox-metrics-<uid>-<port>`"),
     Setting("ENABLE_SEARCH_PROJECTION", "enable_search_projection", BOOL, True,
-            "accepted and validated; the read-path helper is not built yet"),
+            "`0`: `search` and the read-path helper return no hits without asking ES"),
     Setting("OUTBOX_MIGRATIONS_DIR", None, TEXT, None,
             "where `migrate` reads the numbered files (tests, trials)",
             shown_default="the package's `migrations/`"),
