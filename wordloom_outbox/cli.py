@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import sys
 import time
 
@@ -143,15 +142,11 @@ def run_foreground_worker(settings: Settings, *, once: bool, until_drained: bool
     with _connect(settings, autocommit=True) as conn:
         check_schema(conn)
     sink = EsSink(settings)
-    stop = {"flag": False}
-
-    def on_signal(signum, frame):
-        stop["flag"] = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    worker = Worker(settings, sink=sink, hooks=LoopHooks(should_stop=lambda: stop["flag"]),
-                    publish_db_gauges=True)
+    from .runtime.stopping import StopSignals
+    stop = StopSignals().install()  # TERM/INT drain, QUIT gives back what is held at once
+    worker = Worker(settings, sink=sink, publish_db_gauges=True,
+                    hooks=LoopHooks(should_stop=lambda: stop.asked,
+                                    stop_request=lambda: stop.request))
     started = time.monotonic()
     try:
         totals = worker.run(once=once, until_drained=until_drained)

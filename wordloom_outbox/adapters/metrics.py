@@ -45,6 +45,11 @@ idempotent_noop_total = Counter("outbox_idempotent_noop_total",
                                 "Acks that changed nothing in ES: stale version (409), delete "
                                 "of a missing document, superseded in the batch",
                                 BASE + ("reason",))
+RELEASE_REASONS = ("quit", "drain_overrun", "not_sent", "apply_failed")
+released_total = Counter("outbox_released_total",
+                         "Held events given back to pending without an attempt (fenced release) "
+                         "by reason: quit, drain_overrun, not_sent, apply_failed",
+                         BASE + ("reason",))
 stale_ack_total = Counter("outbox_stale_ack_total", "Decisions rejected by the lease fence", BASE)
 reclaimed_total = Counter("outbox_reclaimed_total", "Stuck events reclaimed", BASE)
 event_latency_seconds = Histogram("outbox_event_latency_seconds",
@@ -104,6 +109,8 @@ def init_series() -> None:
         labelled(es_bulk_requests_total, result)
     for reason in NOOP_REASONS:
         labelled(idempotent_noop_total, reason)
+    for reason in RELEASE_REASONS:
+        labelled(released_total, reason)
 
 
 def publish_db_gauges(g: dict) -> None:

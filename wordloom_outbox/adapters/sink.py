@@ -8,6 +8,7 @@ The client is built with ``max_retries=0``: retrying is the worker's job (backof
 from __future__ import annotations
 
 import json
+import logging
 import time
 from importlib import resources
 from typing import Any, Sequence
@@ -17,6 +18,10 @@ import elasticsearch
 
 from ..domain.classify import SinkFailure
 from ..settings import Settings
+
+log = logging.getLogger("wordloom_outbox.sink")
+
+TEMPLATE_PRIORITY = 500  # above the stock templates, so the shipped mapping wins for our name
 
 
 class SinkError(RuntimeError):
@@ -84,11 +89,17 @@ class EsSink:
         return items, elapsed
 
     def ensure_index(self, body: dict[str, Any] | None = None) -> bool:
-        """Create the index (or alias target) when missing; True when it was created."""
+        """Create the index (or alias target) when missing, and keep an index template with the
+        same settings and mapping for its name, so an index deleted while the service runs is
+        re-created by the next bulk with the shipped mapping, never a dynamic one
+        (docs/DESIGN.md, "Sink refusals"). True when the index was created. Raises
+        :class:`SinkError` when ES cannot be asked; a template ES refuses is only logged."""
+        body = body or default_index_body()
         try:
+            self._put_template(body)
             if self.client.indices.exists(index=self.index):
                 return False
-            self.client.indices.create(index=self.index, **(body or default_index_body()))
+            self.client.indices.create(index=self.index, **body)
             return True
         except elasticsearch.BadRequestError as exc:
             if "resource_already_exists_exception" in str(exc):
@@ -96,6 +107,17 @@ class EsSink:
             raise SinkError(to_failure(exc)) from exc
         except Exception as exc:
             raise SinkError(to_failure(exc)) from exc
+
+    def _put_template(self, body: dict[str, Any]) -> None:
+        try:
+            self.client.indices.put_index_template(
+                name=f"wordloom-outbox-{self.index}", index_patterns=[self.index],
+                priority=TEMPLATE_PRIORITY, template=body,
+                meta={"managed_by": "wordloom-outbox", "purpose": "re-create a deleted index "
+                      "with the shipped mapping"})
+        except elasticsearch.ApiError as exc:
+            log.warning("index template for %s refused (%s); a deleted index is re-created "
+                        "only by the worker's next check", self.index, to_failure(exc).text())
 
     def ping(self) -> SinkFailure | None:
         """None when ES answers ``GET /`` as Elasticsearch, else how it failed."""

@@ -116,6 +116,14 @@ class OutboxStore:
                                                       lease=float(lease_seconds)))
         return {r[0] for r in rows}
 
+    def release(self, token: uuid.UUID, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Give ``ids`` back (fenced by ``token``): pending and due now, lease cleared, attempts
+        and error kept. Returns the ids released (those still held under ``token``)."""
+        if not ids:
+            return set()
+        rows = self._execute(named_sql("release"), dict(token=token, ids=list(ids)))
+        return {r[0] for r in rows}
+
     def apply(self, token: uuid.UUID, decisions: Sequence[Decision]) -> list[Applied]:
         """Apply decisions fenced by ``token``; returns those the fence accepted."""
         if not decisions:

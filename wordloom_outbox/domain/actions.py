@@ -29,6 +29,7 @@ class BulkAction:
     doc_id: str
     version: int
     body: bytes
+    max_event_version: int = 0  # the largest event version of the entity's events in the batch
 
     @property
     def size(self) -> int:
@@ -102,10 +103,30 @@ def _build(event: OutboxEvent, row: Mapping[str, Any] | None, index: str,
         meta = {"index": {"_index": index, "_id": doc_id, "version": version,
                           "version_type": "external_gte"}}
         body = dumps_line(meta) + _dumps_doc(row)
-        return BulkAction(event, "index", doc_id, version, body)
+        return BulkAction(event, "index", doc_id, version, body, max_version)
     meta = {"delete": {"_index": index, "_id": doc_id, "version": max_version,
                        "version_type": "external_gte"}}
-    return BulkAction(event, "delete", doc_id, max_version, dumps_line(meta))
+    return BulkAction(event, "delete", doc_id, max_version, dumps_line(meta), max_version)
+
+
+def rebuild_actions(actions: Sequence[BulkAction], rows: Mapping[Key, Mapping[str, Any]],
+                    index: str) -> tuple[list[BulkAction], list[tuple[OutboxEvent, Outcome]]]:
+    """The same actions built again from freshly loaded ``rows`` (issue 7 class 5: a document
+    is written from rows loaded just before the request, never from rows loaded long before).
+
+    Returns the rebuilt actions and the events whose row can no longer become a document
+    (``bad_event``). An entity whose row disappeared becomes a delete, one whose row appeared
+    an index action, at the versions :func:`plan_batch` would choose.
+    """
+    rebuilt, rejected = [], []
+    for action in actions:
+        try:
+            rebuilt.append(_build(action.event, rows.get(action.event.key), index,
+                                  action.max_event_version or action.version))
+        except DocumentError as exc:
+            rejected.append((action.event, Outcome(Kind.BAD_EVENT, "bad_event",
+                                                   f"row cannot become a document: {exc}")))
+    return rebuilt, rejected
 
 
 def _dumps_doc(row: Mapping[str, Any]) -> bytes:

@@ -22,7 +22,9 @@ Linux: a refuse shuts the listening socket down, and ``main`` waits with ``sigti
    hang           hold the request unanswered until the fault is changed (then close), the
                   client hangs up, or the proxy stops
    status         ``status`` (429, 500, 502, 503, 504, 403, ...), optional ``body``, ``type``,
-                  ``reason``: an ES-shaped error with ``X-Elastic-Product``, nothing forwarded
+                  ``reason``: an ES-shaped error with ``X-Elastic-Product``, nothing forwarded;
+                  or ``text`` (and ``content_type``, default ``text/html``): that raw body
+                  without the product header, as a proxy or load balancer answers
    bulk_items     ``share`` (0..1), ``status`` (429), ``type``, ``seed``: on ``_bulk``, withhold
                   that share of the items (every k-th, or a seeded random pick), forward the
                   rest and merge synthesized item errors into the upstream's answer
@@ -76,7 +78,8 @@ _ERRORS = {
 _MODES = {"pass": (), "refuse": (), "reset": (), "delay": ("seconds",), "hang": (),
           "status": ("status",), "bulk_items": ("share",), "max_bytes": ("limit",),
           "drop_response": ()}
-_OPTIONAL = {"count", "path_contains", "status", "body", "type", "reason", "seed"}
+_OPTIONAL = {"count", "path_contains", "status", "body", "type", "reason", "seed", "text",
+             "content_type"}
 
 
 def _validate(spec: Any) -> dict:
@@ -180,6 +183,9 @@ class _DataHandler(_Handler):
             return self._abort(reset=False)
         if mode == "status":
             status = fault["status"]
+            if "text" in fault:  # not Elasticsearch: a proxy's own page
+                headers = [("Content-Type", fault.get("content_type", "text/html"))]
+                return self._reply(status, headers, fault["text"].encode())
             return self._reply(status, _ES_HEADERS, _error(status, self.path, fault))
         if mode == "max_bytes":
             reason = f"request body of {len(body)} bytes exceeds the limit of {fault['limit']} bytes"

@@ -1,6 +1,9 @@
-"""One batch: claim -> load -> build -> bulk -> classify -> apply (SPEC 4). Runs in the child.
+"""One batch: claim -> load -> build -> bulk -> classify -> apply, or release (SPEC 4, issue 7).
+Runs in the child.
 
 The store and the sink are constructor seams; everything between them is the pure domain.
+What a batch does under faults is described in docs/DESIGN.md ("Sink refusals", "Giving back
+what a child holds", "Rows loaded just before the write").
 """
 
 from __future__ import annotations
@@ -13,21 +16,44 @@ import time
 import uuid
 from typing import Callable
 
+import tenacity
+
 from ..adapters import metrics as m
 from ..adapters.sink import EsSink, SinkError
-from ..adapters.store import OutboxStore
-from ..domain.actions import BulkAction, chunk_actions, plan_batch, split_in_half
-from ..domain.classify import Kind, Outcome, classify_failure, classify_item, decide
+from ..adapters.store import OutboxStore, StoreUnavailable
+from ..domain.actions import (BulkAction, chunk_actions, plan_batch, rebuild_actions,
+                              split_in_half)
+from ..domain.classify import (Kind, Outcome, classify_failure, classify_response,
+                               conclude_split, decide, is_sink_refusal)
 from ..domain.events import Decision, OutboxEvent, Status
 from ..settings import Settings
 
 log = logging.getLogger("wordloom_outbox.batch")
 
+# Seconds a chunk's rows may have been loaded before its request: older rows are read again
+# just before sending, so no write carries a row loaded long before (ES keeps a delete's
+# tombstone only index.gc_deletes, 60 s by default). docs/DESIGN.md, "Rows loaded just before".
+ROW_MAX_AGE = 5.0
+# Seconds kept in hand at the end of a drain's grace for the release and the exit.
+RELEASE_MARGIN = 1.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StopRequest:
+    """A stop asked of the child: ``fast`` for QUIT (give back at once), else a TERM drain;
+    ``at`` the monotonic time in seconds it was asked."""
+
+    fast: bool
+    at: float
+
 
 @dataclasses.dataclass(slots=True)
 class BatchResult:
-    """What one batch did, in events. ``sink_outcome`` is set when a whole bulk request found
-    the sink unavailable or misconfigured (the worker opens its breaker on it)."""
+    """What one batch did, in events. ``sink_outcome`` is set when the sink refused a whole
+    bulk request, or most items of one (the worker opens its breaker on it); ``sink_answered``
+    is True when that refusal came from an answer of ES itself (items refused), so probing
+    ``GET /`` would prove nothing. ``released`` counts events given back without an attempt;
+    ``index_missing`` is True when ES said the index does not exist."""
 
     claimed: int = 0
     done: int = 0
@@ -36,27 +62,55 @@ class BatchResult:
     stale: int = 0
     reclaimed: int = 0
     requests: int = 0
+    released: int = 0
     sink_outcome: Outcome | None = None
+    sink_answered: bool = False
+    index_missing: bool = False
+
+
+@dataclasses.dataclass(slots=True)
+class _Split:
+    """A request-level 400 being split down to the refused action(s): how many actions of the
+    split went through, and the lone actions refused (decided once the split is over)."""
+
+    succeeded: int = 0
+    refused: list = dataclasses.field(default_factory=list)  # [(BulkAction, Outcome)]
+
+
+@dataclasses.dataclass(slots=True)
+class _Chunk:
+    actions: list[BulkAction]
+    loaded_at: float
+    split: _Split | None = None
 
 
 class BatchProcessor:
     """Runs batches for one worker id. ``clock`` is a monotonic clock in seconds (a seam);
     ``heartbeat()`` is called before every bulk request, so a batch of many slow requests still
-    shows a live loop while a single request that never returns does not."""
+    shows a live loop while a single request that never returns does not; ``stop_request()``
+    is polled between chunks (None while no stop was asked); ``sleep(seconds)`` waits between
+    apply retries."""
 
     def __init__(self, store: OutboxStore, sink: EsSink, settings: Settings, *,
                  rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic,
-                 heartbeat: Callable[[], None] = lambda: None):
+                 heartbeat: Callable[[], None] = lambda: None,
+                 stop_request: Callable[[], StopRequest | None] = lambda: None,
+                 sleep: Callable[[float], None] = time.sleep):
         self.store, self.sink, self.settings = store, sink, settings
-        self.heartbeat = heartbeat  # called before every bulk request: the loop is turning
+        self.heartbeat = heartbeat
+        self.stop_request = stop_request
+        self.sleep = sleep
         self.rng = rng or random.Random()
         self.clock = clock
+        self.refusal_streak = 0  # bulk requests in a row in which the sink refused
+        self._episode: collections.Counter = collections.Counter()  # refusals this episode
 
     def run_once(self, limit: int | None = None) -> BatchResult:
         """Claim and process one batch of at most ``limit`` (default ``OUTBOX_BULK_SIZE``) events.
 
-        Raises ``StoreUnavailable`` when the database fails; events then stay claimed until
-        their lease runs out and are reclaimed.
+        Raises ``StoreUnavailable`` when the database fails; events whose apply could not be
+        written are given back when the database allows, else they stay claimed until their
+        lease runs out and are reclaimed.
         """
         s = self.settings
         started = self.clock()
@@ -74,40 +128,86 @@ class BatchProcessor:
         ctx = {"worker_id": s.worker_id, "batch_id": uuid.uuid4().hex[:12],
                "lease_token": str(claim.token)}
         lease = _Lease(claim.token, {e.id for e in claim.events}, started + s.lease_seconds)
-        decisions = self._decide_batch(claim.events, lease, result, ctx)
+        decisions, unsent = self._decide_batch(claim.events, lease, result, ctx)
+        for reason, events in unsent.items():
+            self._release(lease, events, reason, result, ctx)
         self._apply(claim.token, decisions, lease, result, ctx)
         return result
 
     # -- build and send -------------------------------------------------------------------
 
     def _decide_batch(self, events: list[OutboxEvent], lease: "_Lease", result: BatchResult,
-                      ctx: dict) -> list[Decision]:
+                      ctx: dict) -> tuple[list[Decision], dict[str, list[OutboxEvent]]]:
+        """Decisions for the events sent (or refused before sending), and the events not sent
+        by release reason."""
         s = self.settings
         rows = self.store.load_rows({e.key for e in events})
+        loaded_at = self.clock()
         plan = plan_batch(events, rows, s.elastic_index, s.bulk_max_bytes)
         decisions = [Decision(e.id, e.op, Status.DONE, noop="superseded") for e in plan.superseded]
         for event, outcome in plan.rejected:
             log.warning("event %s rejected: %s", event.id, outcome.error, extra=ctx)
             decisions.append(self._decide(event, outcome))
-        queue = collections.deque(chunk_actions(plan.actions, s.bulk_max_bytes))
+        unsent: dict[str, list[OutboxEvent]] = collections.defaultdict(list)
+        queue = collections.deque(_Chunk(c, loaded_at)
+                                  for c in chunk_actions(plan.actions, s.bulk_max_bytes))
+        splits: list[_Split] = []
         while queue:
             chunk = queue.popleft()
-            if result.sink_outcome is not None:
-                decisions += [self._decide(a.event, result.sink_outcome) for a in chunk]
-                continue
-            if not self._keep_lease(lease, ctx):
-                # Lease could expire during the call: send nothing more. Events not renewed
-                # belong to someone else now; the rest go back to pending without an attempt.
-                held = [a for a in chunk if a.event.id in lease.held]
-                outcome = Outcome(Kind.UNAVAILABLE, "lease_lost", "lease could not be renewed")
-                decisions += [self._decide(a.event, outcome) for a in held]
+            reason = self._why_not_send(lease, result, ctx)
+            if reason is not None:
+                # give back this chunk, the rest, and the lone actions of unfinished splits
+                for c in [chunk, *queue]:
+                    unsent[reason] += [a.event for a in c.actions if a.event.id in lease.held]
+                for split in splits:
+                    unsent[reason] += [a.event for a, _ in split.refused]
+                    split.refused = []
+                break
+            chunk = self._fresh(chunk, lease, decisions, ctx)
+            if not chunk.actions:
                 continue
             self.heartbeat()
-            outcomes = self._send(chunk, result, queue, ctx)
-            if outcomes is None:
-                continue  # split and requeued
-            decisions += [self._decide(a.event, o) for a, o in zip(chunk, outcomes)]
-        return decisions
+            outcomes = self._send(chunk, result, queue, splits, ctx)
+            if outcomes is not None:
+                decisions += [self._decide(a.event, o) for a, o in zip(chunk.actions, outcomes)]
+        for split in splits:
+            lone = [o for _, o in split.refused]
+            decisions += [self._decide(a.event, o) for (a, _), o
+                          in zip(split.refused, conclude_split(lone, split.succeeded))]
+        return decisions, unsent
+
+    def _why_not_send(self, lease: "_Lease", result: BatchResult, ctx: dict) -> str | None:
+        """The release reason when the next chunk must not be sent, else None: a QUIT, a TERM
+        drain that could not finish the request within the grace, the sink refusing (the
+        breaker opens), or a lease that cannot cover one more request."""
+        s = self.settings
+        stop = self.stop_request()
+        if stop is not None and stop.fast:
+            return "quit"
+        if stop is not None and (self.clock() + s.es_timeout
+                                 > stop.at + s.shutdown_grace - RELEASE_MARGIN):
+            return "drain_overrun"
+        if result.sink_outcome is not None:
+            return "not_sent"
+        if not self._keep_lease(lease, ctx):
+            return "not_sent"
+        return None
+
+    def _fresh(self, chunk: _Chunk, lease: "_Lease", decisions: list[Decision],
+               ctx: dict) -> _Chunk:
+        """``chunk`` with its rows read again when they were loaded more than ``ROW_MAX_AGE``
+        seconds ago (a slow batch, a split resent later); events whose row can no longer become
+        a document are decided as bad events."""
+        held = [a for a in chunk.actions if a.event.id in lease.held]
+        if self.clock() - chunk.loaded_at <= ROW_MAX_AGE:
+            chunk.actions = held
+            return chunk
+        rows = self.store.load_rows({a.event.key for a in held})
+        actions, rejected = rebuild_actions(held, rows, self.settings.elastic_index)
+        for event, outcome in rejected:
+            log.warning("event %s rejected: %s", event.id, outcome.error, extra=ctx)
+            decisions.append(self._decide(event, outcome))
+        return _Chunk(actions, self.clock(), chunk.split)
 
     def _keep_lease(self, lease: "_Lease", ctx: dict) -> bool:
         """Renew (fenced) when less than half the lease is left; False when the remaining lease
@@ -128,55 +228,127 @@ class BatchProcessor:
                 lease.deadline = now + s.lease_seconds
         return lease.deadline - self.clock() > s.es_timeout + 0.5 and bool(lease.held)
 
-    def _send(self, chunk: list[BulkAction], result: BatchResult, queue, ctx) -> list[Outcome] | None:
-        lines = [a.body for a in chunk]
+    def _send(self, chunk: _Chunk, result: BatchResult, queue, splits: list[_Split],
+              ctx) -> list[Outcome] | None:
+        """One bulk request. Returns an outcome per action, or None when the chunk was split
+        and requeued, or when its lone action waits for the end of its split."""
+        actions = chunk.actions
         result.requests += 1
         try:
-            items, elapsed = self.sink.bulk(lines)
+            items, elapsed = self.sink.bulk([a.body for a in actions])
         except SinkError as exc:
             outcome = classify_failure(exc.failure)
             m.labelled(m.es_bulk_requests_total, "failed").inc()
-            if outcome.kind in (Kind.TOO_LARGE, Kind.BAD_DOCUMENT) and len(chunk) > 1:
+            if outcome.kind in (Kind.TOO_LARGE, Kind.BAD_DOCUMENT) and len(actions) > 1:
                 # too large, or refused as a whole for one bad action: halve until the culprit
                 # travels alone and the others go through
-                log.info("bulk of %d actions refused (%s); splitting", len(chunk),
+                log.info("bulk of %d actions refused (%s); splitting", len(actions),
                          outcome.reason, extra=ctx)
-                for half in reversed(split_in_half(chunk)):
-                    queue.appendleft(half)
+                split = chunk.split
+                if split is None and outcome.kind is Kind.BAD_DOCUMENT:
+                    split = _Split()
+                    splits.append(split)
+                for half in reversed(split_in_half(actions)):
+                    queue.appendleft(_Chunk(half, chunk.loaded_at, split))
+                return None
+            if outcome.kind is Kind.BAD_DOCUMENT and chunk.split is not None:
+                chunk.split.refused.append((actions[0], outcome))
                 return None
             if outcome.kind is Kind.TOO_LARGE:
                 outcome = Outcome(Kind.BAD_DOCUMENT, "es_document_too_large", outcome.error)
-            elif outcome.kind in (Kind.UNAVAILABLE, Kind.CONFIG):
+            elif is_sink_refusal(outcome):
                 result.sink_outcome = outcome
-            log.warning("bulk request failed (%s): %s", outcome.reason, outcome.error, extra=ctx)
-            return [outcome] * len(chunk)
+                result.index_missing |= outcome.reason == "es_index_missing"
+            if is_sink_refusal(outcome):
+                self._note_refusals({outcome.reason: len(actions)}, outcome.error, ctx,
+                                    whole=True)
+            else:
+                log.warning("bulk request failed (%s): %s", outcome.reason, outcome.error,
+                            extra=ctx)
+            return [outcome] * len(actions)
         m.base(m.es_bulk_request_duration_seconds).observe(elapsed)
-        if len(items) != len(chunk):
+        if len(items) != len(actions):
             outcome = Outcome(Kind.UNKNOWN, "unknown_exception",
-                              f"bulk response had {len(items)} items for {len(chunk)} actions")
+                              f"bulk response had {len(items)} items for {len(actions)} actions")
             m.labelled(m.es_bulk_requests_total, "failed").inc()
-            return [outcome] * len(chunk)
-        outcomes = [classify_item(action, item) for action, item in items]
-        if all(o.kind is Kind.UNAVAILABLE for o in outcomes) and outcomes[0].reason == "es_blocked":
-            # every item refused by a write block: the sink is unavailable as a whole
-            result.sink_outcome = outcomes[0]
+            return [outcome] * len(actions)
+        verdict = classify_response([a for a, _ in items], [i for _, i in items])
+        outcomes = verdict.outcomes
+        refused = collections.Counter(o.reason for o in outcomes if is_sink_refusal(o))
+        self._note_refusals(refused, next((o.error for o in outcomes if is_sink_refusal(o)), ""),
+                            ctx, whole=False)
+        result.index_missing |= "es_index_missing" in refused
+        if verdict.sink_outcome is not None:
+            # most items refused: the sink is saying "not now" as a whole (breaker)
+            result.sink_outcome, result.sink_answered = verdict.sink_outcome, True
         ok = sum(1 for o in outcomes if o.kind in (Kind.SUCCESS, Kind.NOOP))
+        if chunk.split is not None:
+            chunk.split.succeeded += ok
         m.labelled(m.es_bulk_requests_total,
-                   "success" if ok == len(chunk) else ("failed" if ok == 0 else "partial")).inc()
-        for a, o in zip(chunk, outcomes):
+                   "success" if ok == len(actions) else ("failed" if ok == 0 else "partial")).inc()
+        for a, o in zip(actions, outcomes):
             m.labelled(m.es_bulk_items_total, a.action, o.kind.value).inc()
         return outcomes
+
+    def _note_refusals(self, refused: dict, example: str | None, ctx: dict, whole: bool) -> None:
+        """Track the sink refusal streak and log each kind of refusal once per episode (an
+        episode ends with the first request the sink answers without refusing anything)."""
+        if not refused:
+            if self._episode:
+                log.info("sink accepts writes again after refusing %s",
+                         ", ".join(f"{n} {k}" for k, n in sorted(self._episode.items())),
+                         extra=ctx)
+                self._episode.clear()
+            self.refusal_streak = 0
+            return
+        self.refusal_streak += 1
+        for reason, n in refused.items():
+            if reason not in self._episode:
+                log.warning("sink refusing writes (%s, %s): %s; backing off without using "
+                            "attempts", reason, "whole request" if whole else f"{n} items",
+                            example, extra=ctx)
+            self._episode[reason] += n
 
     def _decide(self, event: OutboxEvent, outcome: Outcome) -> Decision:
         s = self.settings
         return decide(event, outcome, max_attempts=s.max_attempts, base_backoff=s.base_backoff,
-                      max_backoff=s.max_backoff, rng=self.rng)
+                      max_backoff=s.max_backoff, rng=self.rng, sink_streak=self.refusal_streak)
 
-    # -- apply and count ------------------------------------------------------------------
+    # -- apply, release and count ---------------------------------------------------------
 
     def _apply(self, token: uuid.UUID, decisions: list[Decision], lease: "_Lease",
                result: BatchResult, ctx: dict) -> None:
-        applied = {a.event_id: a for a in self.store.apply(token, decisions)}
+        """Write the decisions, retrying a database failure with backoff while the lease
+        lasts; when it cannot be written in time, give the events back (``apply_failed``)."""
+        if not decisions:
+            return
+
+        def lease_over(state: tenacity.RetryCallState) -> bool:
+            return self.clock() + RELEASE_MARGIN >= lease.deadline or (
+                (stop := self.stop_request()) is not None and stop.fast)
+
+        backoff = tenacity.wait_random_exponential(multiplier=0.2, max=2.0)
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            # never sleep past the point where the lease still covers a release
+            return max(0.0, min(backoff(state), lease.deadline - RELEASE_MARGIN - self.clock()))
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            log.warning("apply failed (%s); retrying while the lease lasts",
+                        state.outcome.exception(), extra=ctx)
+            self.heartbeat()
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(StoreUnavailable), stop=lease_over,
+            wait=wait, sleep=self.sleep,
+            before_sleep=before_sleep, reraise=True)
+        try:
+            applied_rows = retrying(self.store.apply, token, decisions)
+        except StoreUnavailable:
+            self._release(lease, [_Ref(d.event_id) for d in decisions
+                                  if d.event_id in lease.held], "apply_failed", result, ctx)
+            raise
+        applied = {a.event_id: a for a in applied_rows}
         for d in decisions:
             a = applied.get(d.event_id)
             if a is None:
@@ -202,11 +374,34 @@ class BatchProcessor:
             log.warning("%d decisions rejected by the lease fence (lease lost)", result.stale,
                         extra=ctx)
 
+    def _release(self, lease: "_Lease", events: list, reason: str, result: BatchResult,
+                 ctx: dict) -> None:
+        """Fenced release of ``events`` (anything with an ``id``): back to pending, due now, no
+        attempt used. A database that cannot be reached leaves them to their lease."""
+        ids = [e.id for e in events]
+        if not ids:
+            return
+        try:
+            released = self.store.release(lease.token, ids)
+        except StoreUnavailable as exc:
+            log.warning("could not give back %d events (%s): %s; they wait out their lease",
+                        len(ids), reason, exc, extra=ctx)
+            return
+        lease.held -= released
+        result.released += len(released)
+        m.labelled(m.released_total, reason).inc(len(released))
+        log.info("gave back %d events (%s)", len(released), reason, extra=ctx)
+
     @staticmethod
     def _count_failed(op: str, reason: str, terminal: bool) -> None:
         m.labelled(m.failed_total, op, reason).inc()
         if terminal:
             m.labelled(m.terminal_failed_total, op, reason).inc()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Ref:
+    id: uuid.UUID
 
 
 @dataclasses.dataclass(slots=True)

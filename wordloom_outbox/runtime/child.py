@@ -1,8 +1,9 @@
 """The child after the fork: reset signals, build its own connections, run the worker loop.
 Runs in the child only.
 
-Signals: TERM/INT drain (finish the batch in flight, exit 0); QUIT fast stop (same, no new
-claim, no wait for work). The loop also stops when the parent is gone (``getppid`` changes or the
+Signals: TERM/INT drain (finish the batch in flight unless that would overrun the shutdown
+grace, exit 0); QUIT fast stop (give back the events not yet sent at once, no new claim, no
+wait for work): docs/DESIGN.md, "Giving back what a child holds". The loop also stops when the parent is gone (``getppid`` changes or the
 heartbeat pipe breaks). Exit codes are those of :mod:`wordloom_outbox.exitcodes`.
 """
 
@@ -52,13 +53,8 @@ def read_shared_breaker(path: str | None) -> tuple[int, str] | None:
 def child_main(settings: Settings, slot: int, fd: int, parent_pid: int,
                breaker_path: str | None = None) -> int:
     """Run one child until told to stop; returns its exit code."""
-    stop = {"flag": False}
-
-    def on_stop(signum, frame):
-        stop["flag"] = True
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(sig, on_stop)
+    from .stopping import StopSignals
+    stop = StopSignals().install()
     for sig in PARENT_SIGNALS:
         signal.signal(sig, signal.SIG_DFL if sig == signal.SIGCHLD else signal.SIG_IGN)
     signal.set_wakeup_fd(-1)
@@ -84,7 +80,7 @@ def child_main(settings: Settings, slot: int, fd: int, parent_pid: int,
     sink = EsSink(settings)
 
     def should_stop() -> bool:
-        return stop["flag"] or hb.parent_gone or os.getppid() != parent_pid
+        return stop.asked or hb.parent_gone or os.getppid() != parent_pid
 
     def shared_breaker() -> str | None:
         # the child the parent names probes; the others wait for the parent's word
@@ -93,7 +89,8 @@ def child_main(settings: Settings, slot: int, fd: int, parent_pid: int,
 
     worker = Worker(settings, sink=sink,
                     hooks=LoopHooks(heartbeat=hb.beat, should_stop=should_stop,
-                                    breaker=hb.breaker, shared_breaker=shared_breaker))
+                                    breaker=hb.breaker, shared_breaker=shared_breaker,
+                                    stop_request=lambda: stop.request))
     hb.ready()
     try:
         worker.run()

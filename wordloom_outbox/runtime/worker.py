@@ -22,7 +22,7 @@ from ..adapters.store import OutboxStore, StoreUnavailable, make_pool
 from ..domain.classify import Kind, classify_failure
 from ..domain.retry import equal_jitter_backoff, full_jitter_backoff
 from ..settings import Settings
-from .batch import BatchProcessor, BatchResult
+from .batch import BatchProcessor, BatchResult, StopRequest
 
 log = logging.getLogger("wordloom_outbox.worker")
 
@@ -38,6 +38,7 @@ class LoopHooks:
     (``progress`` True when a claim completed, even an empty one: the database answered and the
     breaker is closed), ``should_stop()`` polled between batches and while waiting,
     ``breaker(open, reason)`` when this child opens or closes the sink breaker,
+    ``stop_request()`` the stop asked by a signal (drain or fast), polled between chunks,
     ``shared_breaker()`` the reason while another child is the one that probes the open
     breaker (None when closed or when this child is the prober): this child then claims
     nothing, and stands down if it had opened its own breaker at the same moment, so the
@@ -45,6 +46,7 @@ class LoopHooks:
 
     heartbeat: Callable[[bool], None] = lambda progress: None
     should_stop: Callable[[], bool] = lambda: False
+    stop_request: Callable[[], StopRequest | None] = lambda: None
     breaker: Callable[[bool, str], None] = lambda is_open, reason: None
     shared_breaker: Callable[[], str | None] = lambda: None
 
@@ -81,7 +83,9 @@ class Worker:
         self.sink = sink or EsSink(settings)
         self.rng = rng or random.Random()
         self.processor = BatchProcessor(self.store, self.sink, settings, rng=self.rng,
-                                        heartbeat=lambda: self.hooks.heartbeat(False))
+                                        heartbeat=lambda: self.hooks.heartbeat(False),
+                                        stop_request=lambda: self.hooks.stop_request(),
+                                        sleep=self._nap)
         self.publish_db_gauges = publish_db_gauges
         self.totals = Totals()
         self._listen: psycopg.Connection | None = None
@@ -123,8 +127,10 @@ class Worker:
             self.hooks.heartbeat(True)  # progress: a claim completed, even an empty one
             if once:
                 break
+            if result.index_missing and s.create_index:
+                self._index_checked = False  # deleted at runtime: recreate with the mapping
             if result.sink_outcome is not None:
-                self._breaker_wait(result.sink_outcome.reason or "es")
+                self._breaker_wait(result.sink_outcome.reason or "es", result.sink_answered)
                 continue
             if self._breaker_is_open:
                 self._close_breaker(result)
@@ -181,11 +187,13 @@ class Worker:
         self._sleep(min(self.settings.poll_interval, 0.5))
         return True
 
-    def _breaker_wait(self, reason: str) -> None:
+    def _breaker_wait(self, reason: str, answered: bool = False) -> None:
         """Sink unavailable: open the breaker (this child probes, the others stop claiming), wait
         a jittered backoff that grows with consecutive trips, then probe ``GET /`` until ES
         answers. The breaker stays open (half-open) until the next batch shows the sink works;
-        a write block, which ``GET /`` cannot see, thus backs off instead of spinning."""
+        a write block, which ``GET /`` cannot see, thus backs off instead of spinning.
+        ``answered``: ES itself refused most items (429, write block, index missing), so
+        ``GET /`` would prove nothing: the half-open batch of one event is the probe."""
         s = self.settings
         self._trips += 1
         if not self._breaker_is_open:
@@ -197,6 +205,8 @@ class Worker:
         cap = max(4 * PROBE_BASE, min(s.max_backoff, PROBE_CAP))
         base = max(s.base_backoff, PROBE_BASE)
         self._sleep(equal_jitter_backoff(self._trips, base, cap, self.rng))
+        if answered:
+            return
         tries = 0
         while not self.hooks.should_stop() and self.hooks.shared_breaker() is None:
             failure = self.sink.ping()
@@ -213,6 +223,14 @@ class Worker:
         m.base(m.breaker_open).set(0)
         self.hooks.breaker(False, "")
         log.info("breaker closed", extra={"worker_id": self.settings.worker_id})
+
+    def _nap(self, seconds: float) -> None:
+        """Sleep in short steps, heartbeating; a stop request does not cut it short (the
+        apply retries of a batch in flight use it)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.25))
+            self.hooks.heartbeat(False)
 
     def _sleep(self, seconds: float) -> None:
         """Sleep in short steps, heartbeating and honouring stop requests."""
