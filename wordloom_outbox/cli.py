@@ -92,11 +92,29 @@ class OutboxGroup(click.Group):
 
 @click.group(cls=OutboxGroup)
 @click.version_option(package_name="wordloom-outbox")
-def main() -> None:
+@click.option("--env-file", type=click.Path(dir_okay=False), default=None,
+              help="KEY=VALUE file (data, never run by a shell) loaded over the environment "
+                   "before the command; `run` re-reads it on SIGHUP.")
+@click.pass_context
+def main(ctx: click.Context, env_file: str | None) -> None:
     """wordloom-outbox: drain the Postgres search outbox into Elasticsearch.
 
     Exit codes: 0 ok, 1 drift, 2 usage, 70 bug, 75 dependency unreachable, 78 configuration,
     79 schema older than the code (wordloom_outbox/exitcodes.py)."""
+    _load_env_file(ctx, env_file)
+
+
+def _load_env_file(ctx: click.Context, env_file: str | None) -> None:
+    """Put ``env_file``'s values into ``os.environ`` (ConfigError, 78, when it is bad); the
+    environment before it is kept for `run`'s SIGHUP, which re-reads the file from scratch."""
+    import os
+    ctx.meta.setdefault("wordloom.base_env", dict(os.environ))
+    if env_file:
+        from .runtime.supervisor_env import environment_with_file
+        env = environment_with_file(ctx.meta["wordloom.base_env"], env_file)
+        os.environ.clear()
+        os.environ.update(env)
+        ctx.meta["wordloom.env_file"] = env_file
 
 
 @main.command()
@@ -167,13 +185,11 @@ def run(workers: int | None, env_file: str | None) -> None:
     import os
     import tempfile
     from .runtime.logs import setup_logging
-    base_env = dict(os.environ)
+    ctx = click.get_current_context()
     if env_file:
-        from .runtime.supervisor_env import read_env_file
-        try:
-            os.environ.update(read_env_file(env_file))
-        except OSError as exc:
-            raise ConfigError(f"--env-file {env_file}: {exc.strerror or exc}") from None
+        _load_env_file(ctx, env_file)
+    env_file = ctx.meta.get("wordloom.env_file")
+    base_env = ctx.meta.get("wordloom.base_env", dict(os.environ))
     settings = _settings(workers=workers)
     # prometheus_client reads PROMETHEUS_MULTIPROC_DIR when metrics are first used: set and
     # wipe it before importing the metrics module and before the first fork.

@@ -220,6 +220,7 @@ class _Required:
 
 
 REQUIRED: Any = _Required()
+MAX_WORKER_ID = 100  # search_outbox_events.owner is varchar(120); a child appends ":<pid>"
 
 
 # ------------------------------------------------------------------------------------ table
@@ -309,8 +310,11 @@ SETTINGS: tuple[Setting, ...] = (
             "per ES request, capped at a third of the lease"),
     Setting("WORDLOOM_ENV", "wordloom_env", _choice(*ENVIRONMENTS), None,
             "dev, test, sandbox or prod (migrate guard)"),
-    Setting("OUTBOX_WORKER_ID", "worker_id", TEXT, lambda: default_worker_id(),
-            "owner written on claimed rows", shown_default="`host:pid`"),
+    Setting("OUTBOX_WORKER_ID", "worker_id",
+            Kind(f"at most {MAX_WORKER_ID} characters (the outbox owner column holds "
+                 "120 with the child's `:pid`)", str, lambda v: len(v) <= MAX_WORKER_ID),
+            lambda: default_worker_id(), "owner written on claimed rows (each child adds `:pid`)",
+            shown_default="`host:pid`"),
     Setting("OUTBOX_BULK_SIZE", "bulk_size", POSITIVE_INT, 500, "events per claim",
             aliases=("OUTBOX_BATCH_SIZE",)),
     Setting("OUTBOX_BULK_MAX_BYTES", "bulk_max_bytes",

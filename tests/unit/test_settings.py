@@ -59,6 +59,9 @@ BAD = [
     pytest.param(env(OUTBOX_BASE_BACKOFF_SECONDS="5", OUTBOX_MAX_BACKOFF_SECONDS="1"),
                  "OUTBOX_MAX_BACKOFF_SECONDS", id="max-backoff-below-base"),
     pytest.param(env(ELASTIC_USERNAME="elastic"), "ELASTIC_PASSWORD", id="username-without-password"),
+    # the owner column is varchar(120) and each child appends ":<pid>": a longer id would make
+    # every claim fail at run time instead of stopping the start
+    pytest.param(env(OUTBOX_WORKER_ID="w" * 101), "OUTBOX_WORKER_ID", id="worker-id-too-long"),
 ]
 
 
