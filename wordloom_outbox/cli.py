@@ -332,6 +332,86 @@ def search(text: str, library_id, limit: int, as_json: bool) -> None:
                + ("" if result.enabled else " disabled"))
 
 
+@main.command()
+@click.option("--emit-outbox", is_flag=True,
+              help="Enqueue an upsert event per search_index row for the workers instead of "
+                   "loading ES directly.")
+@click.option("--truncate", is_flag=True,
+              help="Start from an empty index: point ELASTIC_INDEX at the new, empty index at "
+                   "once (searches see it fill up) instead of after the load.")
+@click.option("--grace-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Wait this long after the alias switch before dropping the old index.")
+@click.option("--bulk-rows", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Documents per _bulk request (also capped by OUTBOX_BULK_MAX_BYTES).")
+@click.option("--request-timeout", type=click.FloatRange(min=1), default=60.0,
+              show_default=True, help="Seconds per ES request.")
+@click.option("--wait-timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="Seconds to wait for transactions open at the start to end.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def rebuild(emit_outbox: bool, truncate: bool, grace_seconds: float, bulk_rows: int,
+            request_timeout: float, wait_timeout: float, as_json: bool) -> None:
+    """Rebuild the ES projection from search_index while the service runs.
+
+    Creates a new physical index (ELASTIC_INDEX-<UTC time>-<hex>) with the shipped mapping,
+    bulk-loads it from one snapshot of search_index with external versions, moves the
+    ELASTIC_INDEX alias to it in one atomic call, re-applies every entity changed since the load
+    started, and drops the old index after --grace-seconds. A concrete index named ELASTIC_INDEX
+    is replaced by the alias at the switch. One rebuild at a time per database. Start, finish,
+    duration, success and error go to projection_status (and the service's outbox_rebuild_*
+    gauges). A progress bar on a terminal, one summary line otherwise: `rebuild: ok mode=load
+    alias=A index=I rows=N loaded=N rejected=N caught_up=N old=I dropped=I truncate=false
+    seconds=S`. Exit 0 when done, 1 when documents were rejected (listed), 75 when ES or
+    Postgres failed (alias unchanged unless --truncate), 78 when another rebuild runs.
+    """
+    import contextlib
+    from .adapters.sink import make_client
+    from .ops.migrate import SchemaTooOld, check_schema
+    from .ops.rebuild import RebuildError, RebuildOptions, RebuildRefused, iter_lines
+    from .ops.rebuild import rebuild as run_rebuild
+    from .runtime.logs import setup_logging
+    settings = _settings()
+    setup_logging(settings.log_format, settings.log_level)
+    with _connect(settings, autocommit=True) as conn:
+        try:
+            check_schema(conn)
+        except SchemaTooOld as exc:
+            click.echo(f"rebuild: {exc}", err=True)
+            sys.exit(exitcodes.SCHEMA)
+    opts = RebuildOptions(emit_outbox=emit_outbox, truncate=truncate,
+                          grace_seconds=grace_seconds, bulk_rows=bulk_rows,
+                          bulk_max_bytes=settings.bulk_max_bytes,
+                          request_timeout=request_timeout, wait_timeout=wait_timeout)
+    es = make_client(settings, timeout=request_timeout)
+    with contextlib.ExitStack() as stack:
+        box = {"update": lambda n: None}
+
+        def on_start(total: int) -> None:
+            box["update"] = _progress(stack, "enqueueing" if emit_outbox else "loading", total)
+
+        try:
+            report = run_rebuild(settings.database_url, es, settings.elastic_index, opts,
+                                 on_start=on_start, progress=lambda n: box["update"](n))
+        except RebuildRefused as exc:
+            click.echo(f"rebuild: refused: {exc}", err=True)
+            sys.exit(exitcodes.CONFIG)
+        except (RebuildError, psycopg.Error) as exc:
+            click.echo(f"rebuild: failed: {settings.scrub(str(exc).strip())}", err=True)
+            sys.exit(exitcodes.TEMPFAIL)
+        except Exception as exc:  # ES client errors: name the step's index and stop
+            click.echo(f"rebuild: failed (ES {settings.elastic_index}): "
+                       f"{settings.scrub(str(exc))}", err=True)
+            sys.exit(exitcodes.TEMPFAIL)
+        finally:
+            es.close()
+    if as_json:
+        click.echo(json.dumps(report.as_json(), default=str))
+    else:
+        for line in iter_lines(report):
+            click.echo(line)
+        click.echo(report.line())
+    sys.exit(exitcodes.OK if report.ok else exitcodes.DRIFT)
+
+
 @main.group()
 def labs() -> None:
     """Failure drills on embedded servers, with evidence (SPEC 12)."""

@@ -66,6 +66,21 @@ breaker_open = Gauge("outbox_breaker_open", "1 while the sink breaker is open", 
                      multiprocess_mode="livemax")
 children = Gauge("outbox_children", "Live worker children", BASE,
                  multiprocess_mode="livemostrecent")
+# Rebuild (issue 9): from projection_status, which `wordloom-outbox rebuild` writes; published
+# with the database gauges.
+rebuild_last_success_timestamp_seconds = Gauge(
+    "outbox_rebuild_last_success_timestamp_seconds",
+    "Unix time the last rebuild finished, when it succeeded (kept from an earlier success "
+    "seen by this process when the last one failed; 0 when unknown)",
+    BASE, multiprocess_mode="livemostrecent")
+rebuild_duration_seconds = Gauge("outbox_rebuild_duration_seconds",
+                                 "Duration of the last finished rebuild", BASE,
+                                 multiprocess_mode="livemostrecent")
+rebuild_last_success = Gauge("outbox_rebuild_last_success",
+                             "1 when the last finished rebuild succeeded, 0 when it failed", BASE,
+                             multiprocess_mode="livemostrecent")
+rebuild_running = Gauge("outbox_rebuild_running", "1 while a rebuild has started and not finished",
+                        BASE, multiprocess_mode="livemostrecent")
 child_restarts_total = Counter("outbox_child_restarts_total", "Children respawned", BASE)
 child_hang_kills_total = Counter("outbox_child_hang_kills_total",
                                  "Children killed for a missed heartbeat", BASE)
@@ -122,3 +137,17 @@ def publish_db_gauges(g: dict) -> None:
     reasons = g.get("failed_by_reason") or {}
     for reason in set(reasons) | {"es_mapping", "bad_event", "unknown_exception", "lease_expired"}:
         labelled(failed_events, reason).set(reasons.get(reason, 0))
+    if "rebuild" in g:
+        publish_rebuild_status(g["rebuild"])
+
+
+def publish_rebuild_status(row: dict | None) -> None:
+    """Set the rebuild gauges from ``adapters/sql/rebuild_status.sql`` output (None: no rebuild
+    recorded yet)."""
+    row = row or {}
+    finished = row.get("finished_epoch")
+    if row.get("success") and finished:
+        base(rebuild_last_success_timestamp_seconds).set(finished)
+    base(rebuild_duration_seconds).set(row.get("duration_seconds") or 0.0)
+    base(rebuild_last_success).set(1 if row.get("success") else 0)
+    base(rebuild_running).set(1 if row.get("running") else 0)

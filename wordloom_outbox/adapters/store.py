@@ -140,9 +140,12 @@ class OutboxStore:
         return [Applied(r[0], r[1], r[2]) for r in rows]
 
     def db_gauges(self) -> dict[str, Any]:
-        """Lag, inflight, stuck, oldest age and failed-by-reason (cheap, index-only)."""
+        """Lag, inflight, stuck, oldest age, failed-by-reason (cheap, index-only) and the last
+        rebuild (``projection_status``)."""
         row = self._execute(named_sql("db_gauges"), {}, dicts=True)[0]
         row["failed_by_reason"] = dict(self._execute(named_sql("failed_by_reason"), {}))
+        rebuild = self._execute(named_sql("rebuild_status"), {}, dicts=True)
+        row["rebuild"] = rebuild[0] if rebuild else None
         return row
 
     def ping(self) -> None:

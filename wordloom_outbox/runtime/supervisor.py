@@ -420,8 +420,11 @@ class Supervisor:
                                  options="-c statement_timeout=2000") as conn:
                 row = conn.execute(named_sql("db_gauges")).fetchone()
                 failed = dict(conn.execute(named_sql("failed_by_reason")).fetchall())
+                rebuild = conn.cursor(row_factory=psycopg.rows.dict_row).execute(
+                    named_sql("rebuild_status")).fetchone()
             m.publish_db_gauges({"pending": row[0], "processing": row[1], "stuck": row[2],
-                                 "oldest_age_seconds": row[3], "failed_by_reason": failed})
+                                 "oldest_age_seconds": row[3], "failed_by_reason": failed,
+                                 "rebuild": rebuild})
             self.db_ok, self.db_reason = True, ""
         except psycopg.Error as exc:
             self.db_ok, self.db_reason = False, f"database unreachable: {s.scrub(str(exc).strip())[:200]}"

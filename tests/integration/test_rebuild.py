@@ -1,0 +1,248 @@
+"""``rebuild`` against real PostgreSQL and the ES-compatible server over HTTP (issue 9).
+
+- a first deployment's concrete ``ELASTIC_INDEX`` becomes an alias over a new physical index in
+  one atomic ``_aliases`` call; orphans disappear with the old index; a second rebuild moves the
+  alias again and drops the previous index only after the grace period;
+- changes committed while the load runs (and sent by a worker to the old index before the
+  switch) reach the new index through the catch-up from the noted outbox position;
+- the position waits for transactions open at the start (their events may carry a lower
+  ``seq``), and gives up with a clear error after ``wait_timeout``;
+- ``--truncate`` points the alias at the new, empty index before loading; ``--emit-outbox``
+  enqueues an upsert per row for the workers (with ``--truncate``: into a new empty index);
+- a failure deletes the unfinished index and leaves the alias alone; a rejected document is
+  reported; start, finish, duration, success and error land in ``projection_status``; a second
+  rebuild at the same time is refused.
+
+No sleeps: the grace period and the waits go through injected ``sleep`` callables.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+
+import psycopg
+import pytest
+
+from wordloom_outbox.adapters.sink import EsSink, default_index_body
+from wordloom_outbox.domain.documents import document_from_row
+from wordloom_outbox.ops.rebuild import (LOCK_KEY, RebuildError, RebuildOptions, RebuildRefused,
+                                         alias_targets, is_physical_of, rebuild)
+from wordloom_outbox.ops.verify import verify
+from wordloom_outbox.producer import delete_document, upsert_document
+from wordloom_outbox.runtime.worker import Worker
+
+from .helpers import status_counts
+
+
+def drain(settings):
+    w = Worker(settings, sink=EsSink(settings), rng=random.Random(4))
+    try:
+        w.run(until_drained=True)
+    finally:
+        w.close()
+
+
+def produce_rows(db_url, n, tag="t"):
+    ids = [uuid.uuid4() for _ in range(n)]
+    with psycopg.connect(db_url) as conn:
+        for i, eid in enumerate(ids):
+            upsert_document(conn, ("block", "book", "tag")[i % 3], eid, f"{tag} {i} 诗词 {i}",
+                            snippet=f"s{i}", rank_score=0.5)
+    return ids
+
+
+@pytest.fixture
+def deployed(settings, db_url, es):
+    """A first deployment: a concrete index named ELASTIC_INDEX, 60 rows projected into it by the
+    worker, plus an orphan document the SoT does not have."""
+    es.indices.create(index=settings.elastic_index, **default_index_body())
+    ids = produce_rows(db_url, 60)
+    drain(settings)
+    es.index(index=settings.elastic_index, id=f"block:{uuid.uuid4()}", refresh=True,
+             document={"entity_type": "block", "text": "orphan"})
+    return ids
+
+
+def check_clean(db_url, es, index):
+    with psycopg.connect(db_url) as conn:
+        report = verify(conn, es, index)
+    assert report.ok, report.as_json()
+    return report
+
+
+def projection_status(db_url):
+    with psycopg.connect(db_url) as conn:
+        cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+        return cur.execute("SELECT * FROM projection_status WHERE projection_name = "
+                           "'search_index_to_elastic'").fetchone()
+
+
+def test_first_rebuild_migrates_the_concrete_index_then_a_second_moves_the_alias(
+        deployed, settings, db_url, es):
+    alias = settings.elastic_index
+    assert alias_targets(es, alias) == ([alias], True)
+    seen = []
+    report = rebuild(db_url, es, alias, RebuildOptions(grace_seconds=0, bulk_rows=7),
+                     on_start=seen.append)
+    first = report.new_index
+    assert is_physical_of(alias, first) and report.migrated_concrete
+    assert alias_targets(es, alias) == ([first], False)
+    assert report.rows == report.loaded == 60 and seen == [60]
+    assert report.line().startswith(f"rebuild: ok mode=load alias={alias} index={first} "
+                                    "rows=60 loaded=60 rejected=0 caught_up=0")
+    check_clean(db_url, es, alias)  # the orphan went with the concrete index
+    status = projection_status(db_url)
+    assert status["last_rebuild_success"] is True and status["last_rebuild_error"] is None
+    assert status["last_rebuild_finished_at"] >= status["last_rebuild_started_at"]
+    assert status["last_rebuild_duration_seconds"] >= 0
+
+    # the second rebuild: the old index stays through the grace period, then goes
+    during_grace = []
+
+    def sleep(seconds):
+        during_grace.append((seconds, es.indices.exists(index=first).body,
+                             alias_targets(es, alias)[0]))
+
+    second = rebuild(db_url, es, alias, RebuildOptions(grace_seconds=12.5), sleep=sleep)
+    assert during_grace == [(12.5, True, [second.new_index])]
+    assert second.old_indices == [first] and second.dropped == [first]
+    assert not es.indices.exists(index=first)
+    check_clean(db_url, es, alias)
+
+
+def test_changes_during_the_load_reach_the_new_index(deployed, settings, db_url, es):
+    alias = settings.elastic_index
+    rebuild(db_url, es, alias, RebuildOptions(grace_seconds=0))  # now an alias
+    touched = []
+
+    def during_load(n):
+        if touched:
+            return
+        with psycopg.connect(db_url) as conn:
+            upsert_document(conn, "block", deployed[0], "changed during the load")
+            delete_document(conn, "book", deployed[1])
+            new_id = uuid.uuid4()
+            upsert_document(conn, "tag", new_id, "born during the load")
+        touched.append(new_id)
+        drain(settings)  # the worker writes these through the alias: still the old index
+
+    report = rebuild(db_url, es, alias, RebuildOptions(grace_seconds=0, bulk_rows=10),
+                     progress=during_load)
+    assert touched and report.caught_up == 3
+    assert alias_targets(es, alias)[0] == [report.new_index]
+    check_clean(db_url, es, alias)
+    doc = es.get(index=alias, id=f"block:{deployed[0]}")
+    assert doc["_source"]["text"] == "changed during the load"
+    assert not es.exists(index=alias, id=f"book:{deployed[1]}")
+    assert es.exists(index=alias, id=f"tag:{touched[0]}")
+
+
+def test_position_waits_for_transactions_open_at_the_start(deployed, settings, db_url, es):
+    alias = settings.elastic_index
+    late = uuid.uuid4()
+    holder = psycopg.connect(db_url)
+    upsert_document(holder, "block", late, "committed while the rebuild waits")
+    waits = []
+
+    def sleep(seconds):
+        waits.append(seconds)
+        if len(waits) == 3:
+            holder.commit()  # the open producer transaction ends while the rebuild waits
+
+    try:
+        report = rebuild(db_url, es, alias, RebuildOptions(grace_seconds=0), sleep=sleep)
+    finally:
+        holder.close()
+    assert len(waits) >= 3
+    assert report.rows == 60 and report.loaded == 61  # the late row was loaded or caught up
+    check_clean(db_url, es, alias)
+
+
+def test_position_gives_up_on_a_transaction_that_stays_open(deployed, settings, db_url, es):
+    alias = settings.elastic_index
+    holder = psycopg.connect(db_url)
+    try:
+        upsert_document(holder, "block", uuid.uuid4(), "never committed in time")
+        with pytest.raises(RebuildError, match="still open"):
+            rebuild(db_url, es, alias, RebuildOptions(grace_seconds=0, wait_timeout=0.3))
+    finally:
+        holder.rollback()
+        holder.close()
+    assert alias_targets(es, alias) == ([alias], True)  # untouched
+    leftovers = [n for n in es.indices.get(index=f"{alias}-*").body if is_physical_of(alias, n)]
+    assert leftovers == []  # the unfinished index was deleted
+    status = projection_status(db_url)
+    assert status["last_rebuild_success"] is False
+    assert "still open" in status["last_rebuild_error"]
+
+
+def test_truncate_points_the_alias_at_the_empty_index_first(deployed, settings, db_url, es):
+    alias = settings.elastic_index
+    seen = []
+
+    def during_load(n):
+        seen.append(alias_targets(es, alias)[0])
+
+    report = rebuild(db_url, es, alias, RebuildOptions(grace_seconds=0, truncate=True,
+                                                       bulk_rows=20), progress=during_load)
+    assert seen and all(t == [report.new_index] for t in seen)
+    check_clean(db_url, es, alias)
+
+
+def test_emit_outbox_enqueues_an_upsert_per_row(deployed, settings, db_url, es):
+    alias = settings.elastic_index
+    before = status_counts(db_url)
+    report = rebuild(db_url, es, alias, RebuildOptions(emit_outbox=True))
+    assert report.enqueued == 60 and report.new_index == ""
+    assert status_counts(db_url) == {**before, "pending": 60}
+    drain(settings)
+    with psycopg.connect(db_url) as conn:
+        assert verify(conn, es, alias).orphan_count == 1  # kept: the index was not replaced
+
+    # with --truncate the workers fill a new, empty index: the orphan is gone
+    report = rebuild(db_url, es, alias, RebuildOptions(emit_outbox=True, truncate=True,
+                                                       grace_seconds=0))
+    assert report.enqueued == 60 and alias_targets(es, alias)[0] == [report.new_index]
+    assert es.count(index=alias)["count"] == 0
+    drain(settings)
+    check_clean(db_url, es, alias)
+
+
+def test_a_failure_leaves_the_alias_and_records_the_error(deployed, settings, db_url, es):
+    alias = settings.elastic_index
+    first = rebuild(db_url, es, alias, RebuildOptions(grace_seconds=0)).new_index
+
+    def boom(n):
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        rebuild(db_url, es, alias, RebuildOptions(grace_seconds=0), progress=boom)
+    assert alias_targets(es, alias) == ([first], False)
+    assert [n for n in es.indices.get(index=f"{alias}-*").body] == [first]
+    status = projection_status(db_url)
+    assert status["last_rebuild_success"] is False
+    assert "disk on fire" in status["last_rebuild_error"]
+    check_clean(db_url, es, alias)
+
+
+def test_a_rejected_row_is_reported_and_the_rest_switches(deployed, settings, db_url, es):
+    alias = settings.elastic_index
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE search_index SET rank_score = 'NaN' WHERE entity_id = %s",
+                     (deployed[5],))
+    report = rebuild(db_url, es, alias, RebuildOptions(grace_seconds=0))
+    assert report.rejected_count == 1 and not report.ok
+    assert str(deployed[5]) in report.rejected[0] and "rank_score" in report.rejected[0]
+    assert report.loaded == 59 and alias_targets(es, alias)[0] == [report.new_index]
+    assert report.line().startswith("rebuild: rejected ")
+    assert projection_status(db_url)["last_rebuild_success"] is False
+
+
+def test_a_second_rebuild_at_the_same_time_is_refused(deployed, settings, db_url, es):
+    with psycopg.connect(db_url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        with pytest.raises(RebuildRefused, match="another rebuild"):
+            rebuild(db_url, es, settings.elastic_index, RebuildOptions(grace_seconds=0))
+    assert alias_targets(es, settings.elastic_index) == ([settings.elastic_index], True)
