@@ -146,6 +146,8 @@ def work(once: bool, until_drained: bool, bulk_size: int | None) -> None:
     """Run one worker loop in the foreground (no supervisor)."""
     from .runtime.logs import setup_logging
     settings = _settings(bulk_size=bulk_size)
+    from .adapters.tracing import check_environ
+    check_environ()
     setup_logging(settings.log_format, settings.log_level)
     sys.exit(run_foreground_worker(settings, once=once, until_drained=until_drained))
 
@@ -191,6 +193,8 @@ def run(workers: int | None, env_file: str | None) -> None:
     env_file = ctx.meta.get("wordloom.env_file")
     base_env = ctx.meta.get("wordloom.base_env", dict(os.environ))
     settings = _settings(workers=workers)
+    from .adapters.tracing import check_environ
+    check_environ()  # OTEL_* (opt-in tracing) validated before any fork
     # prometheus_client reads PROMETHEUS_MULTIPROC_DIR when metrics are first used: set and
     # wipe it before importing the metrics module and before the first fork.
     mp_dir = settings.prometheus_multiproc_dir or os.path.join(

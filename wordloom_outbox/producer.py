@@ -11,6 +11,7 @@ sends ``NOTIFY search_outbox_events`` so idle workers wake at once.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import uuid
 from typing import Iterable
 
@@ -40,8 +41,11 @@ WITH up AS (
            updated_at = now()
     RETURNING s.event_version
 )
-INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version)
-SELECT %(t)s::varchar, %(id)s::uuid, 'upsert', event_version FROM up
+INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version, traceparent,
+                                  tracestate)
+SELECT %(t)s::varchar, %(id)s::uuid, 'upsert', event_version,
+       %(traceparent)s::varchar, %(tracestate)s::text
+  FROM up
 RETURNING event_version
 """
 _DELETE = f"""
@@ -49,9 +53,11 @@ WITH gone AS (
     DELETE FROM search_index WHERE entity_type = %(t)s AND entity_id = %(id)s
     RETURNING event_version
 )
-INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version)
+INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version, traceparent,
+                                  tracestate)
 SELECT %(t)s, %(id)s, 'delete',
-       GREATEST({_CLOCK_VERSION}, COALESCE((SELECT max(event_version) FROM gone), 0) + 1)
+       GREATEST({_CLOCK_VERSION}, COALESCE((SELECT max(event_version) FROM gone), 0) + 1),
+       %(traceparent)s::varchar, %(tracestate)s::text
 RETURNING event_version
 """
 _TOUCH = f"""
@@ -63,13 +69,17 @@ WITH up AS (
      WHERE s.entity_type = %(t)s AND s.entity_id = %(id)s
     RETURNING s.event_version
 )
-INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version)
-SELECT %(t)s, %(id)s, 'upsert', event_version FROM up
+INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version, traceparent,
+                                  tracestate)
+SELECT %(t)s, %(id)s, 'upsert', event_version, %(traceparent)s::varchar, %(tracestate)s::text
+  FROM up
 RETURNING event_version
 """
 _EMIT = """
-INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version)
-VALUES (%(t)s, %(id)s, %(op)s, %(version)s) RETURNING id
+INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version, traceparent,
+                                  tracestate)
+VALUES (%(t)s, %(id)s, %(op)s, %(version)s, %(traceparent)s::varchar, %(tracestate)s::text)
+RETURNING id
 """
 
 
@@ -92,7 +102,7 @@ def upsert_document(conn: psycopg.Connection, entity_type: str, entity_id: uuid.
     caller's transaction. Returns the event version used (``event_version`` when larger than
     every earlier version of the entity, else the next one)."""
     params = dict(t=entity_type, id=entity_id, text=text, snippet=snippet, rank_score=rank_score,
-                  library_id=library_id, version=event_version)
+                  library_id=library_id, version=event_version, **trace_context())
     return conn.execute(_UPSERT, params).fetchone()[0]
 
 
@@ -100,7 +110,7 @@ def delete_document(conn: psycopg.Connection, entity_type: str, entity_id: uuid.
                     event_version: int | None = None) -> int:
     """Delete the entity's ``search_index`` row and write a ``delete`` event with a version
     larger than any earlier one, in the caller's transaction. Returns that version."""
-    params = dict(t=entity_type, id=entity_id, version=event_version)
+    params = dict(t=entity_type, id=entity_id, version=event_version, **trace_context())
     return conn.execute(_DELETE, params).fetchone()[0]
 
 
@@ -110,8 +120,8 @@ def touch_document(conn: psycopg.Connection, entity_type: str, entity_id: uuid.U
     and write an ``upsert`` event, in the caller's transaction (``verify --repair``: ES may hold
     a tombstone or a document at a version the row's own version would not outrank). The version
     is at least ``floor`` when given. Returns it, or None when the row does not exist."""
-    row = conn.execute(_TOUCH, dict(t=entity_type, id=entity_id, version=None,
-                                    floor=floor)).fetchone()
+    row = conn.execute(_TOUCH, dict(t=entity_type, id=entity_id, version=None, floor=floor,
+                                    **trace_context())).fetchone()
     return row[0] if row else None
 
 
@@ -119,10 +129,11 @@ def upsert_many(conn: psycopg.Connection, docs: Iterable[Document]) -> int:
     """``upsert_document`` for many documents in one pipeline (same transaction); returns how
     many were written."""
     n = 0
+    trace = trace_context()
     with conn.pipeline(), conn.cursor() as cur:
         for d in docs:
             params = dict(t=d.entity_type, id=d.entity_id, text=d.text, snippet=d.snippet,
-                          rank_score=d.rank_score, library_id=d.library_id, version=None)
+                          rank_score=d.rank_score, library_id=d.library_id, version=None, **trace)
             cur.execute(_UPSERT, params)
             n += 1
     return n
@@ -132,5 +143,19 @@ def emit_event(conn: psycopg.Connection, entity_type: str, entity_id: uuid.UUID,
                event_version: int) -> uuid.UUID:
     """Write an outbox event without touching ``search_index`` (replays of old events, repair
     and ``rebuild --emit-outbox``). Safe at any version: the worker projects the current row."""
-    return conn.execute(_EMIT, dict(t=entity_type, id=entity_id, op=op,
-                                    version=event_version)).fetchone()[0]
+    return conn.execute(_EMIT, dict(t=entity_type, id=entity_id, op=op, version=event_version,
+                                    **trace_context())).fetchone()[0]
+
+
+def trace_context() -> dict[str, str | None]:
+    """``{"traceparent", "tracestate"}`` of the caller's current OpenTelemetry span (W3C trace
+    context, via the globally configured propagator), both None without a valid span. When the
+    process has not imported OpenTelemetry, nothing is imported and both are None: producers that
+    do not trace pay nothing. The worker links each event's span to this context
+    (docs/DESIGN.md "Tracing")."""
+    if "opentelemetry.trace" not in sys.modules:
+        return {"traceparent": None, "tracestate": None}
+    from opentelemetry import propagate
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return {"traceparent": carrier.get("traceparent"), "tracestate": carrier.get("tracestate")}

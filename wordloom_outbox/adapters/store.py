@@ -96,7 +96,8 @@ class OutboxStore:
                                 event_version=r["event_version"], attempts=r["attempts"],
                                 created_at=r["created_at"], reclaimed=r["reclaimed"],
                                 consecutive_failures=r["consecutive_failures"],
-                                reclaims=r["reclaims"])
+                                reclaims=r["reclaims"], traceparent=r["traceparent"],
+                                tracestate=r["tracestate"])
             (events if r["status"] == Status.PROCESSING.value else expired).append(event)
         return Claim(token, events, expired)
 

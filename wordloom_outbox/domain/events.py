@@ -19,7 +19,8 @@ OPS = frozenset({"upsert", "delete"})
 class OutboxEvent:
     """One claimed outbox row. ``attempts`` is the count before this claim;
     ``consecutive_failures`` the consecutive failed tries of any kind before this claim (the
-    backoff exponent); ``reclaims`` how often the event was reclaimed after a lost lease."""
+    backoff exponent); ``reclaims`` how often the event was reclaimed after a lost lease;
+    ``traceparent``/``tracestate`` the producer's W3C trace context (tracing links to it)."""
 
     id: uuid.UUID
     entity_type: str
@@ -31,6 +32,8 @@ class OutboxEvent:
     reclaimed: bool = False
     consecutive_failures: int = 0
     reclaims: int = 0
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     @property
     def key(self) -> tuple[str, uuid.UUID]:

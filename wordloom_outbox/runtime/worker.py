@@ -17,6 +17,7 @@ from typing import Callable
 import psycopg
 
 from ..adapters import metrics as m
+from ..adapters import tracing
 from ..adapters.sink import EsSink, SinkError
 from ..adapters.store import OutboxStore, StoreUnavailable, make_pool
 from ..domain.classify import Kind, classify_failure
@@ -75,7 +76,8 @@ class Worker:
 
     def __init__(self, settings: Settings, *, hooks: LoopHooks | None = None,
                  store: OutboxStore | None = None, sink: EsSink | None = None,
-                 publish_db_gauges: bool = False, rng: random.Random | None = None):
+                 publish_db_gauges: bool = False, rng: random.Random | None = None,
+                 tracer: "tracing.BatchTracer | None" = None):
         self.settings = settings
         self.hooks = hooks or LoopHooks()
         self._own_pool = store is None
@@ -86,6 +88,10 @@ class Worker:
                                         heartbeat=lambda: self.hooks.heartbeat(False),
                                         stop_request=lambda: self.hooks.stop_request(),
                                         sleep=self._nap)
+        # opt-in tracing: None, and OpenTelemetry never imported, unless OTEL_TRACES_EXPORTER
+        self.tracer = tracer or tracing.from_environ()
+        if self.tracer is not None:
+            self.processor = self.tracer.instrument(self.processor)
         self.publish_db_gauges = publish_db_gauges
         self.totals = Totals()
         self._listen: psycopg.Connection | None = None
@@ -288,6 +294,8 @@ class Worker:
 
     def close(self) -> None:
         self._close_listen()
+        if self.tracer is not None:
+            self.tracer.shutdown()
         if self._own_pool:
             self.store.pool.close()
         self.sink.close()

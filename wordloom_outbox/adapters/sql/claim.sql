@@ -45,4 +45,5 @@ UPDATE search_outbox_events e
   FROM picked p
  WHERE e.id = p.id
 RETURNING e.id, e.entity_type, e.entity_id, e.op, e.event_version, e.attempts, e.created_at,
-          p.reclaimed, e.status, e.seq, e.consecutive_failures, e.reclaims
+          p.reclaimed, e.status, e.seq, e.consecutive_failures, e.reclaims, e.traceparent,
+          e.tracestate
