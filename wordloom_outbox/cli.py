@@ -27,16 +27,13 @@ def _connect(settings: Settings, **kw) -> psycopg.Connection:
 
 def _secrets_scrubbed(text: str, ctx: click.Context) -> str:
     """``text`` without the password of any database URL or ES credential this command knew."""
-    from .settings import normalize_database_url, scrub
+    from .redaction import remember, remember_url, scrub_known
     import os
-    urls = [os.environ.get("DATABASE_URL"), ctx.meta.get("wordloom.database_url")]
-    for url in filter(None, urls):
-        text = scrub(text, url)
-        text = scrub(text, normalize_database_url(url.strip()))
-    for name in ("ELASTIC_PASSWORD", "ELASTIC_API_KEY"):
-        if os.environ.get(name):
-            text = text.replace(os.environ[name], "***")
-    return text
+    for url in (os.environ.get("DATABASE_URL"), ctx.meta.get("wordloom.database_url"),
+                os.environ.get("ELASTIC_URL")):
+        remember_url(url)
+    remember(os.environ.get("ELASTIC_PASSWORD"), os.environ.get("ELASTIC_API_KEY"))
+    return scrub_known(text)
 
 
 def _database_named(ctx: click.Context) -> str:
@@ -120,15 +117,25 @@ def _load_env_file(ctx: click.Context, env_file: str | None) -> None:
 @main.command()
 @click.option("--plan", "dry_run", is_flag=True, help="List the migrations that would run; write nothing.")
 @click.option("--confirm-database", default=None, help="Required for prod: the database name.")
-@click.option("--database-url", envvar="DATABASE_URL", default=None, show_envvar=True)
+@click.option("--database-url", envvar="DATABASE_URL", default=None, show_envvar=True,
+              help="Database to migrate; prefer DATABASE_URL in the environment (or --env-file): "
+                   "a password on the command line is readable by every local user.")
 @click.pass_context
 def migrate(ctx: click.Context, dry_run: bool, confirm_database: str | None,
             database_url: str | None) -> None:
     """Apply the numbered SQL migrations, guarded by WORDLOOM_ENV."""
+    from click.core import ParameterSource
     from .ops.migrate import migrate as run_migrate
+    from .redaction import remember_url, url_secrets
     from .settings import SETTINGS_BY_VARIABLE, check_database_url
     import os
+    remember_url(database_url)
     ctx.meta["wordloom.database_url"] = database_url
+    if (database_url and url_secrets(database_url)
+            and ctx.get_parameter_source("database_url") == ParameterSource.COMMANDLINE):
+        click.echo("migrate: warning: --database-url carries a password, which other local "
+                   "users can read in the process list; set DATABASE_URL in the environment "
+                   "or an --env-file instead", err=True)
     database_url = check_database_url(database_url)
     env = SETTINGS_BY_VARIABLE["WORDLOOM_ENV"].read(os.environ)
     pending = run_migrate(database_url, env, confirm_database=confirm_database, dry_run=dry_run)

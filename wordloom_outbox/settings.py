@@ -18,7 +18,6 @@ import dataclasses
 import difflib
 import math
 import os
-import re
 import socket
 from typing import Any, Callable, Mapping
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -31,46 +30,13 @@ class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the variable."""
 
 
-# userinfo runs to the LAST "@" (an unencoded "@" inside a password stays hidden); the scheme
-# is optional ("user:secret@host" without it); password=... covers query strings and DSNs
-_USERINFO_SCHEME = re.compile(r"^([A-Za-z][\w+.-]*://[^:/@\s]*):(.*)@(?=[^@]*$)")
-_USERINFO_BARE = re.compile(r"^([^:/@\s]*):(.*)@(?=[^@]*$)")
-
-
-def _userinfo(url: str) -> re.Pattern:
-    return _USERINFO_SCHEME if "://" in url else _USERINFO_BARE
-_PASSWORD_PARAM = re.compile(r"(?i)(password\s*=\s*)('[^']*'|[^&\s]*)")
-
-
-def _secrets(url: str) -> list[str]:
-    found = [m.group(2) for m in [_userinfo(url).match(url)] if m and m.group(2)]
-    found += [m.group(2).strip("'") for m in _PASSWORD_PARAM.finditer(url) if m.group(2)]
-    pieces = []
-    for secret in found:
-        pieces.append(secret)
-        pieces += [p for p in re.split(r"[@/:]", secret) if len(p) >= 4]
-    return sorted(set(pieces), key=len, reverse=True)
-
-
-def redact_url(url: str) -> str:
-    """``url`` (or a libpq key/value DSN) with its password replaced by ``***``, for logs and
-    errors: ``user:secret@host`` with or without a scheme, an unencoded ``@`` in the secret,
-    ``password=`` in a query string or DSN."""
-    out = _userinfo(url).sub(r"\1:***@", url, count=1)
-    return _PASSWORD_PARAM.sub(r"\1***", out)
-
-
-def scrub(text: str, url: str) -> str:
-    """``text`` (an error message about ``url``) with every piece of the URL's password removed:
-    a driver may quote part of a malformed URL, e.g. a host name that holds half a password."""
-    for piece in _secrets(url):
-        text = text.replace(piece, "***")
-    return redact_url(text)
+from .redaction import redact_url, remember, remember_url, scrub  # noqa: F401 - re-exported
 
 
 def check_database_url(raw: str | None, name: str = "DATABASE_URL") -> str:
     """The normalised ``DATABASE_URL``; :class:`ConfigError` naming ``name`` when missing, not a
     PostgreSQL URL or not parseable by libpq (the message never shows the password)."""
+    remember_url(raw)  # whatever happens next, this password is never printed by this process
     return SETTINGS_BY_VARIABLE["DATABASE_URL"].read({"DATABASE_URL": raw} if raw else {}, name)
 
 
@@ -410,6 +376,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
     bad variable.
     """
     env = os.environ if env is None else env
+    remember_url(env.get("DATABASE_URL"))
+    remember_url(overrides.get("database_url"))
+    remember_url(env.get("ELASTIC_URL"))
+    remember(env.get("ELASTIC_PASSWORD"), env.get("ELASTIC_API_KEY"))
     values: dict[str, Any] = {}
     read_as: dict[str, str] = {}
     for setting in SETTINGS:

@@ -1,7 +1,9 @@
 """Logging setup: one line per event, text or JSON (``OUTBOX_LOG_FORMAT``). Both processes.
 
 Context (worker id, batch id, lease token) travels as ``extra=`` fields and is printed when
-present.
+present. Every formatted line, traceback included, passes through
+:func:`~wordloom_outbox.redaction.scrub_known`: no password the process was configured with
+(at start or after a SIGHUP) can reach a log, whatever exception carried it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import json
 import logging
 import sys
 import time
+
+from ..redaction import scrub_known
 
 CONTEXT_FIELDS = ("worker_id", "batch_id", "lease_token", "pid", "slot")
 
@@ -24,7 +28,7 @@ class TextFormatter(logging.Formatter):
             line += f" [{ctx}]"
         if record.exc_info:
             line += " | " + self.formatException(record.exc_info).replace("\n", " | ")
-        return line
+        return scrub_known(line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,7 +41,9 @@ class JsonFormatter(logging.Formatter):
                 out[k] = str(v)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+        # scrubbed before encoding: a secret with a quote or backslash is escaped by dumps
+        return json.dumps({k: scrub_known(v) if isinstance(v, str) else v for k, v in out.items()},
+                          ensure_ascii=False)
 
 
 def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
@@ -51,3 +57,9 @@ def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # the client's node pool logs every failed request again; our own line says it once
     logging.getLogger("elastic_transport.node_pool").setLevel(logging.ERROR)
+    sys.excepthook = _scrubbed_excepthook
+
+
+def _scrubbed_excepthook(exc_type, exc, tb) -> None:
+    """An exception nobody caught is logged like any other line: scrubbed, one record."""
+    logging.getLogger("wordloom_outbox").critical("uncaught exception", exc_info=(exc_type, exc, tb))
