@@ -1,12 +1,13 @@
 """The Grafana dashboard (etc/grafana/) asks only for metrics and labels that a live
 ``/metrics`` scrape of the running service has (series that need an event first are produced:
-mapping errors on some bulk items and one refused bulk request)."""
+mapping errors on some bulk items, one refused bulk request and a rebuild)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 
-from ..conftest import ROOT
+from ..conftest import ROOT, cli_cmd, subprocess_env
 from ..integration.helpers import produce
 from .promql import parse, scrape_index, unknown_names
 from .service import status_counts, wait_for
@@ -49,7 +50,7 @@ def test_dashboard_covers_the_runbook_panels():
 
 
 def test_every_dashboard_query_names_what_the_live_service_exposes(service_factory, db_url,
-                                                                   es_proxy):
+                                                                   es_proxy, env):
     svc = service_factory(workers=1)
     svc.wait_children(1)
     # the first bulk: every tenth item refused as a mapping error (ES item error shape)
@@ -64,6 +65,13 @@ def test_every_dashboard_query_names_what_the_live_service_exposes(service_facto
              "5 more events done after one refused bulk")
     wait_for(lambda: svc.metric_sum("outbox_retry_scheduled_total", reason="es_5xx") >= 1, 10,
              "the refused bulk counted as a retry")
+    # a rebuild while the service runs: the supervisor publishes its outcome from
+    # projection_status (the last-success timestamp exists only after a success)
+    rebuild = subprocess.run(cli_cmd("rebuild", "--grace-seconds", "0"), env=subprocess_env(env),
+                             capture_output=True, text=True, timeout=120)
+    assert rebuild.returncode == 0, rebuild.stdout + rebuild.stderr
+    wait_for(lambda: svc.metric_sum("outbox_rebuild_last_success_timestamp_seconds") > 0, 20,
+             "the rebuild's success published")
     text = svc.metrics_text()
     assert svc.metric_sum("outbox_terminal_failed_total", reason="es_mapping") == 2
     scraped = scrape_index(text)
