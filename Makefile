@@ -6,7 +6,7 @@ CORPUS ?=
 WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: run test install snapshot clean
+.PHONY: run test install snapshot bench clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,11 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Benchmarks side by side (docs/PERFORMANCE.md); sizes from BENCH_* variables (bench/run.py).
+bench: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	$(PY) -m bench.run
 
 snapshot: $(VENV)/.installed
 	$(PY) -m wordloom_outbox.cli labs run --all --out snapshots
