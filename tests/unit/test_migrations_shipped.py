@@ -49,3 +49,6 @@ def test_the_build_carries_the_migrations(tmp_path):
     built = tmp_path / "lib" / "wordloom_outbox" / "migrations"
     assert sorted(p.name for p in built.glob("*.sql")) == [m.path.name for m in load_migrations()]
     assert (tmp_path / "lib" / "wordloom_outbox" / "adapters" / "sql" / "claim.sql").is_file()
+    ops_sql = sorted(p.name for p in (ROOT / "wordloom_outbox" / "ops" / "sql").glob("*.sql"))
+    assert ops_sql and sorted(
+        p.name for p in (tmp_path / "lib" / "wordloom_outbox" / "ops" / "sql").glob("*.sql")) == ops_sql

@@ -33,6 +33,8 @@ from typing import Callable, Iterable
 import psycopg
 from psycopg.types.json import Jsonb
 
+from . import named_sql
+
 SAMPLE = 20          # event ids kept in the report
 CHUNK = 1000         # events written per statement (progress is reported per chunk)
 ACTOR_MAX = 120      # search_outbox_replays.actor and last_replayed_by are varchar(120)
@@ -118,49 +120,10 @@ def parse_ids(values: Iterable[uuid.UUID | str] | None) -> list[uuid.UUID] | Non
     return list(out)
 
 
-def _where(error_reason, entity_type, ids, since) -> tuple[str, dict]:
-    """The WHERE clause over failed rows (fixed fragments; values are parameters)."""
-    parts, params = ["status = 'failed'"], {}
-    if error_reason is not None:
-        if error_reason == UNKNOWN_REASON:
-            parts.append("(error_reason = %(error_reason)s OR error_reason IS NULL)")
-        else:
-            parts.append("error_reason = %(error_reason)s")
-        params["error_reason"] = error_reason
-    if entity_type is not None:
-        parts.append("entity_type = %(entity_type)s")
-        params["entity_type"] = entity_type
-    if ids is not None:
-        parts.append("id = ANY(%(ids)s::uuid[])")
-        params["ids"] = ids
-    if since is not None:
-        parts.append("updated_at >= %(since)s")
-        params["since"] = since
-    return " AND ".join(parts), params
-
-
-_INSERT_AUDIT = """
-INSERT INTO search_outbox_replays (actor, reason, filter, dry_run, rows_matched, rows_changed)
-VALUES (%(actor)s, %(reason)s, %(filter)s, %(dry_run)s, %(matched)s, %(changed)s)
-RETURNING id
-"""
-# Both run on rows this transaction holds FOR UPDATE: the previous values read here are the
-# ones the UPDATE below overwrites.
-_INSERT_EVENTS = """
-INSERT INTO search_outbox_replay_events (replay_id, event_id, previous_error,
-                                         previous_error_reason, previous_attempts,
-                                         previous_updated_at)
-SELECT %(audit_id)s, id, error, error_reason, attempts, updated_at
-  FROM search_outbox_events WHERE id = ANY(%(ids)s::uuid[]) AND status = 'failed'
-"""
-_REPLAY = """
-UPDATE search_outbox_events
-   SET status = 'pending', attempts = 0, next_retry_at = NULL, error = NULL, error_reason = NULL,
-       owner = NULL, lease_token = NULL, lease_until = NULL,
-       replay_count = replay_count + 1, last_replayed_at = now(),
-       last_replayed_by = %(actor)s, last_replayed_reason = %(reason)s, updated_at = now()
- WHERE id = ANY(%(ids)s::uuid[]) AND status = 'failed'
-"""
+def _filter_params(error_reason, entity_type, ids, since) -> dict:
+    """Parameters of the filter in ``ops/sql/replay_*.sql``: ``None`` means no such filter."""
+    return {"error_reason": error_reason, "entity_type": entity_type,
+            "ids": [str(i) for i in ids] if ids is not None else None, "since": since}
 
 
 def replay_failed(conn: psycopg.Connection, *, actor: str, reason: str, limit: int,
@@ -193,22 +156,19 @@ def replay_failed(conn: psycopg.Connection, *, actor: str, reason: str, limit: i
     filter_doc = {"error_reason": error_reason, "entity_type": entity_type,
                   "ids": [str(i) for i in id_list] if id_list is not None else None,
                   "since": since_at.isoformat() if since_at else None, "limit": limit}
-    where, params = _where(error_reason, entity_type, id_list, since_at)
+    params = _filter_params(error_reason, entity_type, id_list, since_at)
 
     with conn.transaction():
-        matched = conn.execute(f"SELECT count(*) FROM search_outbox_events WHERE {where}",
-                               params).fetchone()[0]
+        matched = conn.execute(named_sql("replay_filter_count"), params).fetchone()[0]
         if not filtered and matched > limit:
             raise ReplayRefused(
                 f"{matched} failed events match an empty filter but --limit is {limit}: "
                 "refusing to replay an arbitrary subset. Narrow it with --error-reason, "
                 "--entity-type, --ids or --since, or pass --limit "
                 f"{matched} (or more) to replay them all")
-        lock = "" if dry_run else " FOR UPDATE"
-        selected = [row[0] for row in conn.execute(
-            f"SELECT id FROM search_outbox_events WHERE {where} ORDER BY updated_at, id "
-            f"LIMIT %(limit)s{lock}", {**params, "limit": limit})]
-        audit_id = conn.execute(_INSERT_AUDIT, {
+        select = named_sql("replay_select_dry_run") if dry_run else named_sql("replay_select")
+        selected = [row[0] for row in conn.execute(select, {**params, "limit": limit})]
+        audit_id = conn.execute(named_sql("replay_insert_audit"), {
             "actor": actor, "reason": reason, "filter": Jsonb(filter_doc), "dry_run": dry_run,
             "matched": matched, "changed": 0 if dry_run else len(selected)}).fetchone()[0]
         changed = 0
@@ -216,8 +176,8 @@ def replay_failed(conn: psycopg.Connection, *, actor: str, reason: str, limit: i
             for start in range(0, len(selected), CHUNK):
                 chunk = selected[start:start + CHUNK]
                 args = {"audit_id": audit_id, "ids": chunk, "actor": actor, "reason": reason}
-                kept = conn.execute(_INSERT_EVENTS, args).rowcount
-                moved = conn.execute(_REPLAY, args).rowcount
+                kept = conn.execute(named_sql("replay_insert_events"), args).rowcount
+                moved = conn.execute(named_sql("replay_events"), args).rowcount
                 if kept != len(chunk) or moved != len(chunk):
                     # The rows are locked: this means someone broke the lock contract.
                     raise RuntimeError(f"replay: {len(chunk)} events locked but {kept} audited "
@@ -225,7 +185,7 @@ def replay_failed(conn: psycopg.Connection, *, actor: str, reason: str, limit: i
                 changed += moved
                 progress(changed, len(selected))
             if changed:
-                conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+                conn.execute(named_sql("replay_notify"), {"channel": NOTIFY_CHANNEL})
     return ReplayReport(audit_id=audit_id, dry_run=dry_run, matched=matched,
                         selected=len(selected), changed=changed, filter=filter_doc,
                         sample=[str(i) for i in selected[:SAMPLE]])

@@ -26,53 +26,22 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
+from . import named_sql
+
 STATUSES = ("pending", "processing", "done", "failed")
 OPS = ("upsert", "delete")
 CONSTRAINTS = {"status": ("ck_search_outbox_status", STATUSES), "op": ("ck_search_outbox_op", OPS)}
 ERROR_CHARS = 200
 TOP_REASONS = 10
 
-_STATUS_COUNTS = "SELECT status, count(*) AS n FROM search_outbox_events GROUP BY status"
-_TOP_REASONS = """
-SELECT coalesce(error_reason, 'unknown') AS error_reason, count(*) AS count,
-       max(updated_at) AS newest_updated_at
-  FROM search_outbox_events WHERE status = 'failed'
- GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT %(top)s
-"""
-_FAILED_24H = """
-SELECT coalesce(error_reason, 'unknown') AS error_reason, count(*) AS count
-  FROM search_outbox_events
- WHERE status = 'failed' AND updated_at >= now() - interval '24 hours'
- GROUP BY 1 ORDER BY count(*) DESC, 1
-"""
-_BACKLOG = """
-SELECT (SELECT count(*) FROM search_outbox_events WHERE status = 'pending') AS pending,
-       (SELECT count(*) FROM search_outbox_events WHERE status = 'processing') AS processing,
-       (SELECT count(*) FROM search_outbox_events
-         WHERE status = 'processing' AND lease_until < now()) AS stuck,
-       (SELECT extract(epoch FROM now() - min(created_at))::float8 FROM search_outbox_events
-         WHERE status = 'pending') AS oldest_pending_age_seconds,
-       (SELECT extract(epoch FROM now() - min(created_at))::float8 FROM search_outbox_events
-         WHERE status = 'processing') AS oldest_processing_age_seconds
-"""
-_FAILED_SAMPLE = """
-SELECT id, entity_type, entity_id, op, attempts, error_reason, left(error, %(chars)s) AS error,
-       updated_at, replay_count
-  FROM search_outbox_events WHERE status = 'failed'
- ORDER BY updated_at DESC, id LIMIT %(sample)s
-"""
-
-
 def _constraint_violations(conn: psycopg.Connection) -> list[dict]:
     out = []
     for column, (name, allowed) in CONSTRAINTS.items():
-        row = conn.execute("SELECT convalidated FROM pg_constraint WHERE conname = %s "
-                           "AND conrelid = 'search_outbox_events'::regclass", (name,)).fetchone()
+        row = conn.execute(named_sql("status_constraint_validated"), {"name": name}).fetchone()
         if row is not None and row[0]:
             continue
-        rows = conn.execute(f"SELECT {column}, count(*) FROM search_outbox_events "
-                            f"WHERE {column} IS NULL OR {column} <> ALL(%s) GROUP BY 1 ORDER BY 1",
-                            (list(allowed),)).fetchall()
+        rows = conn.execute(named_sql(f"status_violations_{column}"),
+                            {"allowed": list(allowed)}).fetchall()
         out += [{"column": column, "value": value, "count": n, "allowed": list(allowed)}
                 for value, n in rows]
     return out
@@ -82,9 +51,9 @@ def _snapshot(conn: psycopg.Connection, sample: int) -> dict:
     cur = conn.cursor(row_factory=dict_row)
     info = conn.info
     counts = {s: 0 for s in STATUSES}
-    for row in cur.execute(_STATUS_COUNTS):
+    for row in cur.execute(named_sql("status_counts")):
         counts[row["status"]] = row["n"]
-    backlog = cur.execute(_BACKLOG).fetchone()
+    backlog = cur.execute(named_sql("status_backlog")).fetchone()
     ages = [a for a in (backlog["oldest_pending_age_seconds"],
                         backlog["oldest_processing_age_seconds"]) if a is not None]
     backlog["oldest_age_seconds"] = max(ages) if ages else None
@@ -93,10 +62,10 @@ def _snapshot(conn: psycopg.Connection, sample: int) -> dict:
         "now": cur.execute("SELECT now() AS now").fetchone()["now"],
         "status_counts": counts,
         "total": sum(counts.values()),
-        "top_failed_reasons": cur.execute(_TOP_REASONS, {"top": TOP_REASONS}).fetchall(),
-        "failed_last_24h": cur.execute(_FAILED_24H).fetchall(),
+        "top_failed_reasons": cur.execute(named_sql("status_top_failed_reasons"), {"top": TOP_REASONS}).fetchall(),
+        "failed_last_24h": cur.execute(named_sql("status_failed_last_24h")).fetchall(),
         "backlog": backlog,
-        "failed_sample": cur.execute(_FAILED_SAMPLE,
+        "failed_sample": cur.execute(named_sql("status_failed_sample"),
                                      {"chars": ERROR_CHARS, "sample": sample}).fetchall(),
         "constraint_violations": _constraint_violations(conn),
     }

@@ -28,6 +28,7 @@ import elasticsearch.helpers
 import psycopg
 
 from ..domain.documents import content_hash
+from . import named_sql
 from ..producer import emit_event, touch_document
 
 SAMPLE = 20  # ids listed per kind of drift in the JSON report
@@ -92,9 +93,7 @@ def _sot_rows(conn: psycopg.Connection) -> Iterator[tuple[Key, int, str]]:
     """(key, event_version, content hash) per ``search_index`` row, in key order (bytes)."""
     with conn.cursor(name="verify_rows") as cur:
         cur.itersize = PG_PAGE
-        cur.execute('SELECT entity_type, entity_id, library_id, text, snippet, rank_score, '
-                    'event_version FROM search_index '
-                    'ORDER BY entity_type COLLATE "C", entity_id')
+        cur.execute(named_sql("verify_rows"))
         for etype, eid, lib, text, snippet, score, version in cur:
             row = {"entity_type": etype, "entity_id": eid, "library_id": lib, "text": text,
                    "snippet": snippet, "rank_score": score}
@@ -193,8 +192,9 @@ def verify(conn: psycopg.Connection, es: elasticsearch.Elasticsearch, index: str
             except ValueError:
                 entity = None
             if entity is not None:
-                exists = conn.execute("SELECT 1 FROM search_index WHERE entity_type = %s AND "
-                                      "entity_id = %s", (key[0], entity)).fetchone() is not None
+                exists = conn.execute(named_sql("verify_row_exists"),
+                                      {"entity_type": key[0], "entity_id": entity}
+                                      ).fetchone() is not None
         if exists:  # the merge called its row missing: it is there, with the wrong content
             report.move_missing_to_stale(doc_id)
         else:
@@ -235,9 +235,9 @@ class Repairer:
             if version is None:  # deleted since: the delete's own event fixes ES
                 return
         else:
-            latest = self.conn.execute("SELECT max(event_version) FROM search_outbox_events "
-                                       "WHERE entity_type = %s AND entity_id = %s",
-                                       (key[0], entity)).fetchone()[0]
+            latest = self.conn.execute(named_sql("verify_latest_event_version"),
+                                       {"entity_type": key[0], "entity_id": entity}
+                                       ).fetchone()[0]
             emit_event(self.conn, key[0], entity, "delete",
                        max(latest or 0, es_version or 0) + 1)
         self.events += 1
