@@ -173,7 +173,8 @@ def run_foreground_worker(settings: Settings, *, once: bool, until_drained: bool
     stop = StopSignals().install()  # TERM/INT drain, QUIT gives back what is held at once
     worker = Worker(settings, sink=sink, publish_db_gauges=True,
                     hooks=LoopHooks(should_stop=lambda: stop.asked,
-                                    stop_request=lambda: stop.request))
+                                    stop_request=lambda: stop.request,
+                                    interruptible=stop.interruptible))
     started = time.monotonic()
     try:
         totals = worker.run(once=once, until_drained=until_drained)

@@ -119,6 +119,24 @@ def test_quit_on_a_slow_sink_gives_back_the_batch_at_once(service_factory, db_ur
           f"{counts.get('done')} done, none processing")
 
 
+def test_quit_abandons_a_hanging_bulk_request_and_gives_everything_back(service_factory, db_url,
+                                                                       es_proxy):
+    # the request would hang up to its 20 s timeout; the parent's fast stop allows only 5 s
+    svc = service_factory(workers=1, OUTBOX_LEASE_SECONDS="60", ELASTIC_REQUEST_TIMEOUT_SECONDS="20")
+    svc.wait_children(1)
+    es_proxy.set_fault("hang", path_contains="_bulk")
+    produce(db_url, 100)
+    wait_for(lambda: es_proxy.state()["counters"]["hanging"] >= 1, 30, "a hanging bulk")
+    asked = time.monotonic()
+    svc.signal(signal.SIGQUIT)
+    code = svc.wait_exit(15)
+    took = time.monotonic() - asked
+    assert status_counts(db_url) == {"pending": 100}, status_counts(db_url)
+    assert attempts_and_failed(db_url) == ({0}, 0)
+    assert code == 0 and took < 5.0 and "killed" not in svc.log(), (code, took)
+    print(f"\nQUIT during a hanging bulk: exit {code} after {took:.1f}s, 100 events given back")
+
+
 def test_term_drain_that_would_overrun_the_grace_gives_back_the_rest(service_factory, db_url,
                                                                      es_proxy):
     grace = 6.0

@@ -9,12 +9,13 @@ what a child holds", "Rows loaded just before the write").
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import random
 import time
 import uuid
-from typing import Callable
+from typing import Callable, ContextManager
 
 import tenacity
 
@@ -36,6 +37,12 @@ log = logging.getLogger("wordloom_outbox.batch")
 ROW_MAX_AGE = 5.0
 # Seconds kept in hand at the end of a drain's grace for the release and the exit.
 RELEASE_MARGIN = 1.0
+
+
+class FastStop(BaseException):
+    """Raised by the QUIT handler into a bulk request in flight (``interruptible``): the request
+    is abandoned and its events are given back with the rest. A BaseException, so no
+    ``except Exception`` on the way (client, transport) swallows it."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,17 +96,20 @@ class BatchProcessor:
     ``heartbeat()`` is called before every bulk request, so a batch of many slow requests still
     shows a live loop while a single request that never returns does not; ``stop_request()``
     is polled between chunks (None while no stop was asked); ``sleep(seconds)`` waits between
-    apply retries."""
+    apply retries; ``interruptible()`` is a context manager around each bulk request inside
+    which a QUIT may raise :class:`FastStop`."""
 
     def __init__(self, store: OutboxStore, sink: EsSink, settings: Settings, *,
                  rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic,
                  heartbeat: Callable[[], None] = lambda: None,
                  stop_request: Callable[[], StopRequest | None] = lambda: None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep,
+                 interruptible: Callable[[], ContextManager] = contextlib.nullcontext):
         self.store, self.sink, self.settings = store, sink, settings
         self.heartbeat = heartbeat
         self.stop_request = stop_request
         self.sleep = sleep
+        self.interruptible = interruptible
         self.rng = rng or random.Random()
         self.clock = clock
         self.refusal_streak = 0  # bulk requests in a row in which the sink refused
@@ -128,7 +138,12 @@ class BatchProcessor:
         ctx = {"worker_id": s.worker_id, "batch_id": uuid.uuid4().hex[:12],
                "lease_token": str(claim.token)}
         lease = _Lease(claim.token, {e.id for e in claim.events}, started + s.lease_seconds)
-        decisions, unsent = self._decide_batch(claim.events, lease, result, ctx)
+        try:
+            decisions, unsent = self._decide_batch(claim.events, lease, result, ctx)
+        except StoreUnavailable:
+            # rows could not be read again: nothing more is sent, everything held goes back
+            self._release(lease, [_Ref(i) for i in list(lease.held)], "not_sent", result, ctx)
+            raise
         for reason, events in unsent.items():
             self._release(lease, events, reason, result, ctx)
         self._apply(claim.token, decisions, lease, result, ctx)
@@ -167,7 +182,15 @@ class BatchProcessor:
             if not chunk.actions:
                 continue
             self.heartbeat()
-            outcomes = self._send(chunk, result, queue, splits, ctx)
+            try:
+                with self.interruptible():
+                    outcomes = self._send(chunk, result, queue, splits, ctx)
+            except FastStop:
+                # QUIT during the request: it may or may not have been applied by ES; the
+                # writes are idempotent (external versions), so the events simply go back
+                log.info("bulk request abandoned on QUIT", extra=ctx)
+                queue.appendleft(chunk)
+                continue
             if outcomes is not None:
                 decisions += [self._decide(a.event, o) for a, o in zip(chunk.actions, outcomes)]
         for split in splits:

@@ -90,7 +90,8 @@ def child_main(settings: Settings, slot: int, fd: int, parent_pid: int,
     worker = Worker(settings, sink=sink,
                     hooks=LoopHooks(heartbeat=hb.beat, should_stop=should_stop,
                                     breaker=hb.breaker, shared_breaker=shared_breaker,
-                                    stop_request=lambda: stop.request))
+                                    stop_request=lambda: stop.request,
+                                    interruptible=stop.interruptible))
     hb.ready()
     try:
         worker.run()

@@ -4,10 +4,11 @@ held at once). Runs in the child, or in ``wordloom-outbox work`` run alone.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 
-from .batch import StopRequest
+from .batch import FastStop, StopRequest
 
 
 class StopSignals:
@@ -17,6 +18,7 @@ class StopSignals:
     def __init__(self, clock=time.monotonic):
         self.clock = clock
         self.request: StopRequest | None = None
+        self._in_flight = False
 
     def install(self) -> "StopSignals":
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
@@ -25,6 +27,21 @@ class StopSignals:
 
     def _on_signal(self, signum, frame) -> None:
         self.ask(fast=signum == signal.SIGQUIT)
+        if signum == signal.SIGQUIT and self._in_flight:
+            self._in_flight = False
+            raise FastStop()
+
+    @contextlib.contextmanager
+    def interruptible(self):
+        """Inside this block a QUIT raises :class:`FastStop` (a bulk request that may hang up to
+        its timeout is abandoned at once); outside it, QUIT is only recorded."""
+        if self.request is not None and self.request.fast:
+            raise FastStop()
+        self._in_flight = True
+        try:
+            yield
+        finally:
+            self._in_flight = False
 
     def ask(self, fast: bool) -> None:
         """Record a stop; a drain keeps the time it was first asked."""

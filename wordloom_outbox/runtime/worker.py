@@ -8,11 +8,12 @@ from plain settings. Idle waits block on LISTEN/NOTIFY so a new event wakes the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
 import time
-from typing import Callable
+from typing import Callable, ContextManager
 
 import psycopg
 
@@ -40,6 +41,7 @@ class LoopHooks:
     breaker is closed), ``should_stop()`` polled between batches and while waiting,
     ``breaker(open, reason)`` when this child opens or closes the sink breaker,
     ``stop_request()`` the stop asked by a signal (drain or fast), polled between chunks,
+    ``interruptible()`` a context around each bulk request in which a QUIT raises ``FastStop``,
     ``shared_breaker()`` the reason while another child is the one that probes the open
     breaker (None when closed or when this child is the prober): this child then claims
     nothing, and stands down if it had opened its own breaker at the same moment, so the
@@ -48,6 +50,7 @@ class LoopHooks:
     heartbeat: Callable[[bool], None] = lambda progress: None
     should_stop: Callable[[], bool] = lambda: False
     stop_request: Callable[[], StopRequest | None] = lambda: None
+    interruptible: Callable[[], ContextManager] = contextlib.nullcontext
     breaker: Callable[[bool, str], None] = lambda is_open, reason: None
     shared_breaker: Callable[[], str | None] = lambda: None
 
@@ -87,7 +90,8 @@ class Worker:
         self.processor = BatchProcessor(self.store, self.sink, settings, rng=self.rng,
                                         heartbeat=lambda: self.hooks.heartbeat(False),
                                         stop_request=lambda: self.hooks.stop_request(),
-                                        sleep=self._nap)
+                                        sleep=self._nap,
+                                        interruptible=lambda: self.hooks.interruptible())
         # opt-in tracing: None, and OpenTelemetry never imported, unless OTEL_TRACES_EXPORTER
         self.tracer = tracer or tracing.from_environ()
         if self.tracer is not None:
