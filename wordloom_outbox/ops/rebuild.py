@@ -418,14 +418,16 @@ def _run(database_url, admin, es, alias, opts, report, on_start, progress, sleep
         _enqueue(database_url, report, progress)
     else:
         report.position = note_position(admin, opts, sleep)
+        log.info("rebuild: outbox position seq %d; loading %s", report.position, new)
         _load(database_url, es, new, opts, report, progress)
         if not switched:
             es.indices.refresh(index=new)
             switch_alias(es, alias, new, old, concrete)
             switched = True
-        log.info("rebuild: alias %s now on %s; catching up from seq %d", alias, new,
-                 report.position)
+        log.info("rebuild: loaded %d documents; alias %s now on %s; catching up from seq %d",
+                 report.loaded, alias, new, report.position)
         _catch_up(database_url, es, new, opts, report, report.position)
+        log.info("rebuild: caught up %d entities", report.caught_up)
         es.indices.refresh(index=new)
     _drop_old(es, alias, new, old if not concrete else [], opts, report, sleep)
     return switched
