@@ -28,6 +28,7 @@ import psycopg
 
 from .. import exitcodes
 from ..adapters import metrics as m
+from ..adapters.tracing import check_environ as check_tracing_environ
 from ..adapters.store import named_sql
 from ..ops.migrate import SchemaTooOld, check_schema
 from ..settings import ConfigError, Settings, load_settings, scrub
@@ -218,6 +219,7 @@ class Supervisor:
             if self.env_file:
                 env.update(read_env_file(self.env_file))
             new = load_settings(env, workers=None)
+            check_tracing_environ(env)  # OTEL_* (opt-in tracing): children build it at boot
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
