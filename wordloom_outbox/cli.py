@@ -372,8 +372,8 @@ def rebuild(emit_outbox: bool, truncate: bool, grace_seconds: float, bulk_rows: 
     duration, success and error go to projection_status (and the service's outbox_rebuild_*
     gauges). A progress bar on a terminal, one summary line otherwise: `rebuild: ok mode=load
     alias=A index=I rows=N loaded=N rejected=N caught_up=N old=I dropped=I truncate=false
-    seconds=S`. Exit 0 when done, 1 when documents were rejected (listed), 75 when ES or
-    Postgres failed (alias unchanged unless --truncate), 78 when another rebuild runs.
+    seconds=S`. Exit 0 when done, 1 when documents were rejected (listed; the alias moved), 75
+    when ES or Postgres failed (alias unchanged unless --truncate) or another rebuild runs.
     """
     import contextlib
     from .adapters.sink import make_client
@@ -403,9 +403,9 @@ def rebuild(emit_outbox: bool, truncate: bool, grace_seconds: float, bulk_rows: 
         try:
             report = run_rebuild(settings.database_url, es, settings.elastic_index, opts,
                                  on_start=on_start, progress=lambda n: box["update"](n))
-        except RebuildRefused as exc:
+        except RebuildRefused as exc:  # another rebuild runs: retry later
             click.echo(f"rebuild: refused: {exc}", err=True)
-            sys.exit(exitcodes.CONFIG)
+            sys.exit(exitcodes.TEMPFAIL)
         except (RebuildError, psycopg.Error) as exc:
             click.echo(f"rebuild: failed: {settings.scrub(str(exc).strip())}", err=True)
             sys.exit(exitcodes.TEMPFAIL)
