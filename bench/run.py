@@ -515,16 +515,18 @@ def phase_recovery(lab: Lab, sizes: Sizes, res: dict) -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             return conn.execute("SELECT count(*) FROM search_outbox_events WHERE status = "
                                 "'processing'").fetchone()[0] >= held_n
-    wait_for(held, 120, "both children holding full batches", interval=0.05)
-    with psycopg.connect(url, autocommit=True) as conn:
-        held_ids = [r[0] for r in conn.execute(
-            "SELECT id FROM search_outbox_events WHERE status = 'processing'")]
-    pids = [svc.proc.pid] + child_pids(svc.proc.pid)
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    killed = time.monotonic()
-    svc.proc.wait(30)
-    svc.stop()
+    try:
+        wait_for(held, 120, "both children holding full batches", interval=0.05)
+        with psycopg.connect(url, autocommit=True) as conn:
+            held_ids = [r[0] for r in conn.execute(
+                "SELECT id FROM search_outbox_events WHERE status = 'processing'")]
+        pids = [svc.proc.pid] + child_pids(svc.proc.pid)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        svc.proc.wait(30)
+    finally:
+        svc.stop()
     esproxy.clear_fault(proxy.admin_url)
     svc2 = ServiceProc(env, workers=sizes.workers).start(timeout=60)
     try:

@@ -99,13 +99,28 @@ BULK_RESULTS = ("success", "partial", "failed")
 NOOP_REASONS = ("superseded", "version_conflict", "delete_missing")
 
 
+# (metric, label values) -> the labelled child. prometheus_client keeps the same map behind a
+# lock and argument checks; this one is looked up once per event on the worker's hot path
+# (docs/PERFORMANCE.md). Children stay valid across fork: in multiprocess mode a value notices
+# the new pid and reopens its file. No series is ever removed, so entries never go stale.
+_children: dict = {}
+
+
 def base(metric):
     """``metric`` with the constant labels applied (metrics without extra labels)."""
-    return metric.labels(COMPONENT, PROJECTION)
+    child = _children.get((metric,))
+    if child is None:
+        child = _children[(metric,)] = metric.labels(COMPONENT, PROJECTION)
+    return child
 
 
 def labelled(metric, *values: str):
-    return metric.labels(COMPONENT, PROJECTION, *values)
+    """``metric`` with the constant labels and ``values`` (its extra labels, in order)."""
+    key = (metric, *values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(COMPONENT, PROJECTION, *values)
+    return child
 
 
 def init_series() -> None:

@@ -13,7 +13,7 @@ import uuid
 from typing import Any, Iterable, Mapping, Sequence
 
 from .classify import Kind, Outcome
-from .documents import DocumentError, document_from_row, dumps_line
+from .documents import DocumentError, action_line, source_line
 from .events import ENTITY_TYPES, OPS, OutboxEvent
 
 Key = tuple[str, uuid.UUID]
@@ -100,13 +100,10 @@ def _build(event: OutboxEvent, row: Mapping[str, Any] | None, index: str,
         if version < 0:
             raise DocumentError(f"event_version {version} is negative (ES external versions "
                                 "are >= 0)")
-        meta = {"index": {"_index": index, "_id": doc_id, "version": version,
-                          "version_type": "external_gte"}}
-        body = dumps_line(meta) + _dumps_doc(row)
+        body = action_line("index", index, doc_id, version) + _dumps_doc(row)
         return BulkAction(event, "index", doc_id, version, body, max_version)
-    meta = {"delete": {"_index": index, "_id": doc_id, "version": max_version,
-                       "version_type": "external_gte"}}
-    return BulkAction(event, "delete", doc_id, max_version, dumps_line(meta), max_version)
+    return BulkAction(event, "delete", doc_id, max_version,
+                      action_line("delete", index, doc_id, max_version), max_version)
 
 
 def rebuild_actions(actions: Sequence[BulkAction], rows: Mapping[Key, Mapping[str, Any]],
@@ -131,7 +128,7 @@ def rebuild_actions(actions: Sequence[BulkAction], rows: Mapping[Key, Mapping[st
 
 def _dumps_doc(row: Mapping[str, Any]) -> bytes:
     try:
-        return dumps_line(document_from_row(row))
+        return source_line(row)
     except ValueError as exc:
         if isinstance(exc, DocumentError):
             raise
