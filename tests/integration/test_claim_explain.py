@@ -1,17 +1,21 @@
-"""The claim costs O(batch) however many ``done`` rows the outbox holds (SPEC 2.2).
+"""The claim, the apply and the database gauges cost O(batch) whatever the outbox holds: a
+million ``done`` rows (SPEC 2.2) or a million ``pending`` rows (a backlog after a sink outage).
 
-On a migrated database with 1,000,000 ``done`` rows, ``EXPLAIN (ANALYZE, BUFFERS)`` of the real
-claim statement (``adapters/sql/claim.sql``, batch of 500, rolled back) must show:
+``EXPLAIN (ANALYZE, BUFFERS)`` of the real statements (``adapters/sql/*.sql``, batch of 500,
+rolled back) must show:
 
-- the due pending events found through the partial index ``ix_search_outbox_pending_seq``, and
-  stuck (lease-expired) events through ``ix_search_outbox_processing_lease``;
-- no sequential scan of ``search_outbox_events`` anywhere in the plan;
-- a buffer count (shared hit + read) far below one pass over the table, and close to what the
-  same claim costs when the table holds no ``done`` rows at all.
+- due pending events found through the partial index ``ix_search_outbox_pending_seq``, stuck
+  (lease-expired) events through ``ix_search_outbox_processing_lease``;
+- the UPDATE of the claim and of the apply joined to the table through its primary key, never by
+  hashing a scan (with a million pending rows and a LIMIT the planner cannot size, it hashed a
+  sequential scan of the whole outbox: ~220 ms a claim);
+- no sequential scan of ``search_outbox_events`` anywhere in any plan;
+- a buffer count (shared hit + read) far below one pass over the table.
 
 Claiming 500 rows is itself ~10 buffers a row (find and lock it, then the UPDATE writes a new
 row version and its index entries), so the whole plan is a few thousand buffers; one pass over
-the table is ~18,000 pages. The observed figures are printed (``pytest -s``).
+the table is ~18,000 pages. The observed figures are printed (``pytest -s``) and recorded in
+docs/DESIGN.md ("Claim and reclaim").
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import psycopg
 from wordloom_outbox.adapters.store import named_sql
 
 BATCH = 500
-DONE_ROWS = 1_000_000
+MILLION = 1_000_000
 HOT_ROWS = 1_000
 MAX_BUFFERS_PER_CLAIMED_ROW = 24      # whole plan; observed ~16 (find, lock, update, index entries)
-MAX_FIND_BUFFERS_PER_CLAIMED_ROW = 8  # scans, locks and the join back to the table; observed ~6
+MAX_FIND_BUFFERS_PER_CLAIMED_ROW = 12  # scans, locks, the join back by primary key; observed ~8
+CLAIM_PARAMS = {"limit": BATCH, "owner": "explain", "lease": 30.0, "max_processing": 600.0,
+                "max_attempts": 10}
 
 
 def walk(node: dict):
@@ -40,102 +46,200 @@ def buffers(node: dict) -> int:
     return node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
 
 
-def explain_claim(conn: psycopg.Connection) -> dict:
-    """The root plan node of the claim, executed for real inside a transaction rolled back."""
-    params = {"limit": BATCH, "owner": "explain", "token": uuid.uuid4(), "lease": 30.0,
-              "max_processing": 600.0, "max_attempts": 10}
+def explain(conn: psycopg.Connection, name: str, params: dict) -> dict:
+    """``{"Plan": root node, "Execution Time": ms, ...}`` of a named statement, executed for real
+    inside a transaction rolled back."""
     try:
-        result = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + named_sql("claim"),
+        result = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + named_sql(name),
                               params).fetchone()[0]
     finally:
         conn.rollback()
-    return result[0]["Plan"]
+    return result[0]
 
 
-def analyze(conn: psycopg.Connection) -> None:
+def explain_claim(conn: psycopg.Connection) -> dict:
+    return explain(conn, "claim", {**CLAIM_PARAMS, "token": uuid.uuid4()})["Plan"]
+
+
+def maintenance(conn: psycopg.Connection, command: str = "ANALYZE") -> None:
     conn.commit()
     conn.autocommit = True
     try:
-        conn.execute("ANALYZE search_outbox_events")
+        conn.execute(f"{command} search_outbox_events")
     finally:
         conn.autocommit = False
 
 
-def add_done_rows(conn: psycopg.Connection) -> None:
-    """1,000,000 old ``done`` rows in one statement (ids in key order keep the btrees cheap)."""
+def add_million(conn: psycopg.Connection, status: str) -> None:
+    """1,000,000 rows in one statement: old ``done`` rows (ids in key order keep the btrees
+    cheap to build), or ``pending`` rows all due, the head of a backlog, with random ids as
+    producers make them (with ids in key order the planner would find the primary key perfectly
+    correlated with the table and never consider hashing it)."""
+    ident = ("lpad(to_hex(i), 32, '0')::uuid" if status == "done" else "gen_random_uuid()")
     conn.execute(
         "INSERT INTO search_outbox_events (id, entity_type, entity_id, op, status, attempts, "
         "                                  created_at, updated_at, processed_at) "
-        "SELECT lpad(to_hex(i), 32, '0')::uuid, 'block', lpad(to_hex(i), 32, '0')::uuid, 'upsert', "
-        "       'done', 1, now() - interval '2 days', now() - interval '2 days', "
-        "       now() - interval '2 days' "
-        "  FROM generate_series(1, %s) AS i", (DONE_ROWS,))
-    analyze(conn)
+        f"SELECT {ident}, 'block', lpad(to_hex(i), 32, '0')::uuid, 'upsert', "
+        "       %(status)s::varchar, 0, now() - interval '2 days', now() - interval '2 days', "
+        "       CASE WHEN %(status)s::varchar = 'done' THEN now() - interval '2 days' END "
+        "  FROM generate_series(1, %(n)s) AS i", {"status": status, "n": MILLION})
+    maintenance(conn)
+
+
+def add_stuck(conn: psycopg.Connection, n: int, reclaims: int = 0) -> None:
+    conn.execute("INSERT INTO search_outbox_events (entity_type, entity_id, op, status, owner, "
+                 "                                  attempts, lease_token, lease_until, "
+                 "                                  processing_started_at, reclaims) "
+                 "SELECT 'block', gen_random_uuid(), 'upsert', 'processing', 'dead-worker', 1, "
+                 "       gen_random_uuid(), now() - interval '1 minute', now() - interval '2 minutes', "
+                 "       %s "
+                 "  FROM generate_series(1, %s)", (reclaims, n))
+    maintenance(conn)
+
+
+def add_pending(conn: psycopg.Connection, n: int) -> None:
+    conn.execute("INSERT INTO search_outbox_events (entity_type, entity_id, op) "
+                 "SELECT 'block', gen_random_uuid(), 'upsert' FROM generate_series(1, %s)", (n,))
+    maintenance(conn)
 
 
 def scans_of_outbox(plan: dict) -> list[dict]:
-    return [n for n in walk(plan) if n.get("Relation Name") == "search_outbox_events"]
+    return [n for n in walk(plan) if n.get("Relation Name") == "search_outbox_events"
+            and n["Node Type"] != "ModifyTable"]
 
 
-def check_plan(plan: dict, baseline: dict, index_name: str, conn: psycopg.Connection,
-               expected: int = BATCH) -> None:
-    """``expected`` rows claimed: a full batch of pending events, or one stuck event (a stuck
-    event is reclaimed alone, claim.sql)."""
+def relpages(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT relpages FROM pg_class WHERE relname = 'search_outbox_events'"
+                        ).fetchone()[0]
+
+
+def check_indexes_only(plan: dict) -> None:
+    """No sequential scan of the outbox: every scan goes through its primary key or one of our
+    partial indexes (``ix_search_outbox_*``: pending, processing or failed rows only)."""
+    scans = scans_of_outbox(plan)
+    seq_scans = [n for n in scans if n["Node Type"] == "Seq Scan"]
+    assert not seq_scans, f"sequential scan of search_outbox_events: {seq_scans}"
+    names = [n.get("Index Name", "") for n in scans]
+    assert all(name == "search_outbox_events_pkey" or name.startswith("ix_search_outbox_")
+               for name in names), names
+
+
+def check_index_found(plan: dict, index_name: str, rows: int) -> None:
+    used = [n for n in scans_of_outbox(plan) if n.get("Index Name") == index_name]
+    assert used and sum(n["Actual Rows"] for n in used) == rows, \
+        (f"{index_name} did not find {rows} rows: "
+         f"{[(n['Node Type'], n.get('Index Name'), n['Actual Rows']) for n in scans_of_outbox(plan)]}")
+
+
+def check_update_by_primary_key(plan: dict, rows: int) -> None:
+    """The UPDATE reaches each row it changes through the primary key (nested loop), never by
+    hashing a scan."""
+    assert plan["Node Type"] == "ModifyTable" and plan["Operation"] == "Update"
+    hashes = [n["Node Type"] for n in walk(plan) if n["Node Type"] in ("Hash Join", "Hash")]
+    assert not hashes, f"the plan hashes: {hashes}"
+    by_pk = [n for n in walk(plan) if n.get("Index Name") == "search_outbox_events_pkey"]
+    assert by_pk, "the UPDATE is not joined through search_outbox_events_pkey"
+    assert sum(n["Actual Rows"] * n.get("Actual Loops", 1) for n in by_pk) == rows
+
+
+def check_claim(plan: dict, conn: psycopg.Connection, label: str, *, expected: int,
+                indexes: dict[str, int], baseline: dict | None = None) -> None:
+    """``expected`` rows claimed, each index of ``indexes`` finding that many rows; the plan
+    costs O(batch) in buffers. When stuck and pending rows are both there, the claim locks up
+    to a batch of each and keeps a batch of them (a recovery-only cost, claim.sql)."""
+    locked = sum(indexes.values())
     rows_bound = max(expected, 10)
-    relpages = conn.execute("SELECT relpages FROM pg_class WHERE relname = 'search_outbox_events'"
-                            ).fetchone()[0]
+    pages = relpages(conn)
     claimed = plan["Actual Rows"]
     total = buffers(plan)
     # finding and locking the rows: everything below the UPDATE itself (an upper bound: a CTE's
     # buffers show both under its InitPlan and under the CTE Scan that reads it)
     find = sum(buffers(child) for child in plan.get("Plans", []))
-    print(f"\nclaim via {index_name}: claimed={claimed} buffers total={total} find={find} "
-          f"(no done rows: total={buffers(baseline)}); table pages={relpages}")
+    print(f"\nclaim ({label}): claimed={claimed} buffers total={total} find={find} "
+          f"in {plan['Actual Total Time']:.1f} ms"
+          + (f" (no done rows: total={buffers(baseline)})" if baseline else "")
+          + f"; table pages={pages}")
 
     assert claimed == expected
-    scans = scans_of_outbox(plan)
-    seq_scans = [n for n in scans if n["Node Type"] == "Seq Scan"]
-    assert not seq_scans, f"sequential scan of search_outbox_events: {seq_scans}"
-    used = [n for n in scans if n.get("Index Name") == index_name]
-    assert used and used[0]["Actual Rows"] == expected, \
-        f"{index_name} did not find the batch: {[(n['Node Type'], n.get('Index Name')) for n in scans]}"
+    check_indexes_only(plan)
+    for index_name, rows in indexes.items():
+        check_index_found(plan, index_name, rows)
+    check_update_by_primary_key(plan, expected)
 
-    assert relpages > 10_000  # the million done rows are really there
-    assert total < MAX_BUFFERS_PER_CLAIMED_ROW * rows_bound < relpages
-    assert find < MAX_FIND_BUFFERS_PER_CLAIMED_ROW * rows_bound
-    # a million done rows add btree depth (observed ~3,500 buffers more), never a pass over them
-    # (which alone would add at least ``relpages``)
-    assert total - buffers(baseline) < relpages // 2
+    assert pages > 10_000  # the million rows are really there
+    assert total < MAX_BUFFERS_PER_CLAIMED_ROW * rows_bound < pages
+    assert find < MAX_FIND_BUFFERS_PER_CLAIMED_ROW * max(locked, 10)
+    if baseline is not None:
+        # a million done rows add btree depth (observed ~3,500 buffers more), never a pass over
+        # them (which alone would add at least ``pages``)
+        assert total - buffers(baseline) < pages // 2
 
 
-def test_pending_claim_uses_the_partial_index_with_a_million_done_rows(outbox_db):
+def check_gauges(conn: psycopg.Connection, label: str) -> None:
+    """The gauges read partial indexes only, however many rows are done (or pending: counting a
+    million pending entries reads the ~2,700 pages of their index, never the table)."""
+    maintenance(conn, "VACUUM ANALYZE")  # what autovacuum does: index-only scans need it
+    pages = relpages(conn)
+    for name in ("db_gauges", "failed_by_reason"):
+        result = explain(conn, name, {})
+        plan = result["Plan"]
+        scans = scans_of_outbox(plan)
+        print(f"\n{name} ({label}): buffers={buffers(plan)} in {result['Execution Time']:.1f} ms; "
+              f"scans {[(n['Node Type'], n.get('Index Name')) for n in scans]}")
+        check_indexes_only(plan)
+        assert scans and all(n.get("Index Name", "").startswith("ix_search_outbox_")
+                             for n in scans), scans
+        assert buffers(plan) < pages // 4
+
+
+def test_claim_apply_and_gauges_cost_o_batch_with_a_million_done_and_a_million_pending(outbox_db):
     conn = outbox_db
-    conn.execute("INSERT INTO search_outbox_events (entity_type, entity_id, op) "
-                 "SELECT 'block', gen_random_uuid(), 'upsert' FROM generate_series(1, %s)", (HOT_ROWS,))
-    analyze(conn)
+    add_pending(conn, HOT_ROWS)
     baseline = explain_claim(conn)
-    add_done_rows(conn)
+    add_million(conn, "done")
+    check_claim(explain_claim(conn), conn, "1M done", expected=BATCH,
+                indexes={"ix_search_outbox_pending_seq": BATCH}, baseline=baseline)
+    check_gauges(conn, "1M done")
 
-    plan = explain_claim(conn)
-    check_plan(plan, baseline, "ix_search_outbox_pending_seq", conn)
-    # the rollback left every pending event pending
-    assert conn.execute("SELECT count(*) FROM search_outbox_events WHERE status = 'pending'"
-                        ).fetchone()[0] == HOT_ROWS
+    # a backlog: a million due events (with only pending rows in the table, reading the table
+    # would be reading the pending rows, and the planner may rightly count them with a scan)
+    add_million(conn, "pending")
+    check_claim(explain_claim(conn), conn, "1M done + 1M pending", expected=BATCH,
+                indexes={"ix_search_outbox_pending_seq": BATCH})
 
+    # claim a batch for real, then EXPLAIN the apply of its acks
+    token = uuid.uuid4()
+    ids = [r[0] for r in conn.execute(named_sql("claim"), {**CLAIM_PARAMS, "token": token})]
+    conn.commit()
+    assert len(ids) == BATCH
+    n = len(ids)
+    result = explain(conn, "apply", dict(token=token, ids=ids, statuses=["done"] * n,
+                                         incs=[0] * n, delays=[0.0] * n, errors=[None] * n,
+                                         reasons=[None] * n))
+    plan = result["Plan"]
+    print(f"\napply (1M done + 1M pending): acked={plan['Actual Rows']} buffers={buffers(plan)} "
+          f"in {result['Execution Time']:.1f} ms")
+    assert plan["Actual Rows"] == BATCH
+    # the decisions are joined to the batch's rows through the processing index (or the
+    # primary key): the pending million is never read
+    check_indexes_only(plan)
+    assert buffers(plan) < MAX_BUFFERS_PER_CLAIMED_ROW * BATCH
+    check_gauges(conn, "1M done + 1M pending")
+    conn.execute("UPDATE search_outbox_events SET status = 'pending', lease_token = NULL, "
+                 "lease_until = NULL WHERE lease_token = %s", (token,))
+    conn.commit()
 
-def test_stuck_scan_uses_the_processing_index_with_a_million_done_rows(outbox_db):
-    conn = outbox_db
-    conn.execute("INSERT INTO search_outbox_events (entity_type, entity_id, op, status, owner, "
-                 "                                  attempts, lease_token, lease_until, "
-                 "                                  processing_started_at) "
-                 "SELECT 'block', gen_random_uuid(), 'upsert', 'processing', 'dead-worker', 1, "
-                 "       gen_random_uuid(), now() - interval '1 minute', now() - interval '2 minutes' "
-                 "  FROM generate_series(1, %s)", (HOT_ROWS,))
-    analyze(conn)
-    baseline = explain_claim(conn)
-    add_done_rows(conn)
+    # stuck events are reclaimed in a batch, alternating with pending ones
+    add_stuck(conn, HOT_ROWS)
+    check_claim(explain_claim(conn), conn, "1M done + 1M pending, stuck", expected=BATCH,
+                indexes={"ix_search_outbox_processing_lease": BATCH,
+                         "ix_search_outbox_pending_seq": BATCH})
 
-    plan = explain_claim(conn)
-    check_plan(plan, baseline, "ix_search_outbox_processing_lease", conn, expected=1)
-    assert conn.execute("SELECT count(*) FROM search_outbox_events WHERE status = 'processing'"
-                        ).fetchone()[0] == HOT_ROWS
+    # a poison suspect (reclaimed before) is claimed alone; the other scans do not even run
+    add_stuck(conn, 1, reclaims=1)
+    check_claim(explain_claim(conn), conn, "1M done + 1M pending, a poison suspect", expected=1,
+                indexes={"ix_search_outbox_processing_lease": 1})
+
+    # every rollback left the rows as they were
+    assert dict(conn.execute("SELECT status, count(*) FROM search_outbox_events GROUP BY 1")) == {
+        "pending": MILLION + HOT_ROWS, "processing": HOT_ROWS + 1, "done": MILLION}

@@ -80,7 +80,7 @@ def constraint_validated(conn, name: str) -> bool:
 
 
 def claim(conn, limit: int = 100, max_attempts: int = 10) -> list[dict]:
-    """Claim until nothing is left (a stuck event is reclaimed alone, one per claim)."""
+    """Claim until nothing is left."""
     cur = conn.cursor(row_factory=dict_row)
     found: list[dict] = []
     while True:

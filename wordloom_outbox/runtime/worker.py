@@ -144,7 +144,9 @@ class Worker:
                 continue
             if self._breaker_is_open:
                 self._close_breaker(result)
-            if result.claimed >= s.bulk_size:
+            if result.claimed >= s.bulk_size or (result.claimed == 0 and result.reclaimed):
+                # a full batch, or a claim that only expired stuck events (terminal at the
+                # attempt limit): more may be due at once
                 continue
             if result.claimed == 0 and until_drained:
                 break
