@@ -15,7 +15,11 @@ from typing import Any, Sequence
 
 import elastic_transport
 import elasticsearch
-from elasticsearch.serializer import OrjsonSerializer
+
+try:  # orjson is a dependency; a virtualenv made before it was added still imports this
+    from elasticsearch.serializer import OrjsonSerializer
+except ImportError:  # pragma: no cover - only in an outdated environment
+    OrjsonSerializer = None
 
 from ..domain.classify import SinkFailure
 from ..settings import Settings
@@ -48,19 +52,21 @@ def make_client(settings: Settings, timeout: float | None = None) -> elasticsear
         kwargs["basic_auth"] = (settings.elastic_username, settings.elastic_password)
     if settings.elastic_ca_certs:
         kwargs["ca_certs"] = settings.elastic_ca_certs
-    kwargs["serializers"] = _ORJSON_SERIALIZERS
+    if _ORJSON_SERIALIZERS:
+        kwargs["serializers"] = _ORJSON_SERIALIZERS
     return elasticsearch.Elasticsearch(settings.elastic_url, **kwargs)
-
-
-class _OrjsonCompat(OrjsonSerializer):
-    mimetype = "application/vnd.elasticsearch+json"
 
 
 # JSON answers (a bulk response is one JSON object of one item per action) parsed by orjson:
 # a third of the standard library's time per bulk (docs/PERFORMANCE.md). Bad JSON still
 # raises the client's SerializationError; request bodies are encoded by it too.
-_ORJSON_SERIALIZERS = {OrjsonSerializer.mimetype: OrjsonSerializer(),
-                       _OrjsonCompat.mimetype: _OrjsonCompat()}
+_ORJSON_SERIALIZERS = {}
+if OrjsonSerializer is not None:
+    class _OrjsonCompat(OrjsonSerializer):
+        mimetype = "application/vnd.elasticsearch+json"
+
+    _ORJSON_SERIALIZERS = {OrjsonSerializer.mimetype: OrjsonSerializer(),
+                           _OrjsonCompat.mimetype: _OrjsonCompat()}
 
 
 def to_failure(exc: BaseException) -> SinkFailure:

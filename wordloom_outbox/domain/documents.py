@@ -13,7 +13,10 @@ import math
 import uuid
 from typing import Any, Mapping
 
-import orjson
+try:  # a dependency; a virtualenv made before it was added falls back to the json module
+    import orjson
+except ImportError:  # pragma: no cover - only in an outdated environment
+    orjson = None
 
 DOC_FIELDS = ("entity_type", "entity_id", "library_id", "text", "snippet", "rank_score",
               "event_version", "created_at", "updated_at")
@@ -92,6 +95,9 @@ def dumps_line(obj: Any) -> bytes:
 
 
 def _dumps(obj: Any) -> bytes:
+    if orjson is None:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False, default=str,
+                          separators=(",", ":")).encode("utf-8") + b"\n"
     try:
         return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
     except orjson.JSONEncodeError as exc:  # e.g. a str with a lone surrogate, an int > 64 bit
