@@ -68,6 +68,26 @@ def test_items_refused_429_use_no_attempt_back_off_longer_and_trip_the_breaker(
     assert {(r["attempts"], r["consecutive_failures"]) for r in events(db_url)} == {(0, 2)}
 
 
+@pytest.mark.parametrize("status,etype,reason", [
+    (403, "cluster_block_exception", "es_blocked"),
+    (503, "unavailable_shards_exception", "es_5xx"),
+    (404, "index_not_found_exception", "es_index_missing"),
+    (403, "security_exception", "es_auth"),
+    (400, "illegal_argument_exception", "es_index_rejected"),  # alias without a write index
+])
+def test_every_kind_of_item_refusal_uses_no_attempt_and_trips_the_breaker(
+        parts, settings, db_url, es_proxy, status, etype, reason):
+    produce(db_url, 8)
+    es_proxy.set_fault("bulk_items", share=1.0, status=status, type=etype,
+                       reason="no write index is defined for alias [wordloom-test]"
+                       if status == 400 else "injected")
+    result = processor(parts, settings).run_once()
+    assert result.sink_outcome.reason == reason and result.sink_answered
+    assert result.index_missing == (reason == "es_index_missing")
+    assert {(r["status"], r["attempts"], r["error_reason"]) for r in events(db_url)} == {
+        ("pending", 0, reason)}
+
+
 def test_half_the_items_refused_is_no_breaker_and_an_ack_resets_the_failures(
         parts, settings, db_url, es_proxy):
     produce(db_url, 20)
@@ -256,6 +276,27 @@ def test_rows_older_than_the_bound_are_read_again_just_before_the_request(parts,
     newest = es.get(index=settings.elastic_index, id=f"block:{ids[-1]}")
     assert newest["_source"]["text"] == "newer text"
     assert not es.exists(index=settings.elastic_index, id=f"block:{ids[-2]}")
+
+
+def test_items_saying_the_index_is_missing_make_the_worker_create_it_with_the_mapping(
+        settings, db_url, es, es_proxy):
+    # as with automatic index creation off: the index is gone and the bulk answers 404 items
+    worker = Worker(settings, rng=random.Random(3))
+    try:
+        worker.run(once=True)  # the index check at start creates it
+        es.indices.delete(index=settings.elastic_index)
+        produce(db_url, 4)
+        es_proxy.set_fault("bulk_items", share=1.0, status=404, type="index_not_found_exception",
+                           reason="no such index [wordloom-test]", count=1)
+        worker.run(once=True)
+        assert not es.indices.exists(index=settings.elastic_index)
+        worker.run(once=True)  # the index check runs again before the next claim
+        assert es.indices.exists(index=settings.elastic_index)
+    finally:
+        worker.close()
+    props = es.indices.get_mapping(index=settings.elastic_index).body[settings.elastic_index]
+    assert props["mappings"]["dynamic"] == "strict"
+    assert {(r["status"], r["attempts"]) for r in events(db_url)} <= {("pending", 0), ("done", 0)}
 
 
 def test_an_index_deleted_at_runtime_comes_back_with_the_shipped_mapping(settings, db_url, es):

@@ -135,10 +135,10 @@ class Worker:
             self._failures = 0
             self.totals.add(result)
             self.hooks.heartbeat(True)  # progress: a claim completed, even an empty one
-            if once:
-                break
             if result.index_missing and s.create_index:
                 self._index_checked = False  # deleted at runtime: recreate with the mapping
+            if once:
+                break
             if result.sink_outcome is not None:
                 self._breaker_wait(result.sink_outcome.reason or "es", result.sink_answered)
                 continue
