@@ -1,7 +1,7 @@
 """A real Prometheus server (Debian's ``prometheus`` package, /usr/bin/prometheus) scrapes the
 running service every second and evaluates the shipped alert rules: the sink breaker alert fires
-while Elasticsearch is down and resolves after; every dashboard query is valid PromQL that the
-server answers.
+while Elasticsearch is down and resolves after, the service-down alert fires once the service is
+stopped; every dashboard query is valid PromQL that the server answers.
 
 The rules evaluated are the shipped file's, with one change made here programmatically: every
 ``for:`` becomes 2 s (the shipped minutes cannot be waited out in a test). Expressions, labels
@@ -161,4 +161,8 @@ def test_breaker_alert_fires_while_es_is_down_and_resolves_after(service_factory
             continue
         prom.query(expr)  # asserts status success
         answered += 1
+    # the service stops answering scrapes: the service-down alert (job name convention)
+    svc.stop()
+    wait_for(lambda: prom.alerts().get("OutboxServiceDown") == "firing", 30,
+             "OutboxServiceDown firing once the service is stopped")
     print(f"alerts while ES was down: {firing}; {answered} dashboard queries answered")
