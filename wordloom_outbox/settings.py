@@ -68,6 +68,8 @@ class Settings:
     shutdown_grace: float = 30.0
     heartbeat_timeout: float = 30.0
     elastic_request_timeout: float = 20.0
+    db_statement_timeout: float = 10.0
+    db_lock_timeout: float = 3.0
     elastic_api_key: str | None = dataclasses.field(default=None, repr=False)
     elastic_username: str | None = None
     elastic_password: str | None = dataclasses.field(default=None, repr=False)
@@ -313,6 +315,11 @@ SETTINGS: tuple[Setting, ...] = (
             "silent child killed after"),
     Setting("OUTBOX_SHUTDOWN_GRACE_SECONDS", "shutdown_grace", _seconds(), 30.0,
             "drain time on TERM"),
+    Setting("OUTBOX_DB_STATEMENT_TIMEOUT_SECONDS", "db_statement_timeout", _seconds(), 10.0,
+            "a worker statement running longer is cancelled and retried (`statement_timeout`)"),
+    Setting("OUTBOX_DB_LOCK_TIMEOUT_SECONDS", "db_lock_timeout", _seconds(), 3.0,
+            "a worker statement waiting longer for a lock (a DDL lock) is cancelled and retried "
+            "(`lock_timeout`); <= OUTBOX_DB_STATEMENT_TIMEOUT_SECONDS"),
     Setting("OUTBOX_REQUIRE_ES_READY", "require_es_ready", BOOL, False, "`/readyz` also needs ES"),
     Setting("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", TEXT, None, "metrics files",
             shown_default="`$TMPDIR/wordloom-outbox-metrics-<uid>-<port>`"),
@@ -409,6 +416,9 @@ def _cross_checks(values: dict[str, Any], read_as: dict[str, str]) -> dict[str, 
         values["elastic_url"] = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
     if values["max_backoff"] < values["base_backoff"]:
         raise ConfigError(f"{read_as['max_backoff']} must be >= {read_as['base_backoff']}")
+    if values["db_lock_timeout"] > values["db_statement_timeout"]:
+        raise ConfigError(f"{read_as['db_lock_timeout']} must be <= "
+                          f"{read_as['db_statement_timeout']}")
     if values["elastic_username"] and not values["elastic_password"]:
         raise ConfigError("ELASTIC_PASSWORD is not set but ELASTIC_USERNAME is")
     return values

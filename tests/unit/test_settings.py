@@ -58,6 +58,16 @@ BAD = [
     pytest.param(env(OUTBOX_BULK_MAX_BYTES="10"), "OUTBOX_BULK_MAX_BYTES", id="bulk-max-bytes-tiny"),
     pytest.param(env(OUTBOX_BASE_BACKOFF_SECONDS="5", OUTBOX_MAX_BACKOFF_SECONDS="1"),
                  "OUTBOX_MAX_BACKOFF_SECONDS", id="max-backoff-below-base"),
+    pytest.param(env(OUTBOX_DB_STATEMENT_TIMEOUT_SECONDS="0"), "OUTBOX_DB_STATEMENT_TIMEOUT_SECONDS",
+                 id="statement-timeout-zero"),
+    pytest.param(env(OUTBOX_DB_STATEMENT_TIMEOUT_SECONDS="10s"),
+                 "OUTBOX_DB_STATEMENT_TIMEOUT_SECONDS", id="statement-timeout-unit"),
+    pytest.param(env(OUTBOX_DB_LOCK_TIMEOUT_SECONDS="-1"), "OUTBOX_DB_LOCK_TIMEOUT_SECONDS",
+                 id="lock-timeout-negative"),
+    pytest.param(env(OUTBOX_DB_LOCK_TIMEOUT_SECONDS="nan"), "OUTBOX_DB_LOCK_TIMEOUT_SECONDS",
+                 id="lock-timeout-nan"),
+    pytest.param(env(OUTBOX_DB_LOCK_TIMEOUT_SECONDS="20"), "OUTBOX_DB_LOCK_TIMEOUT_SECONDS",
+                 id="lock-timeout-above-statement-timeout"),
     pytest.param(env(ELASTIC_USERNAME="elastic"), "ELASTIC_PASSWORD", id="username-without-password"),
     # the owner column is varchar(120) and each child appends ":<pid>": a longer id would make
     # every claim fail at run time instead of stopping the start
@@ -89,6 +99,13 @@ def test_defaults_for_a_minimal_environment():
     assert settings.elastic_url == "http://es.internal:9200"
     assert settings.wordloom_env is None
     assert settings.worker_id  # host:pid when OUTBOX_WORKER_ID is not set
+    assert (settings.db_statement_timeout, settings.db_lock_timeout) == (10.0, 3.0)
+
+
+def test_database_timeouts_are_parsed():
+    settings = load_settings(env(OUTBOX_DB_STATEMENT_TIMEOUT_SECONDS="2.5",
+                                 OUTBOX_DB_LOCK_TIMEOUT_SECONDS="0.5"))
+    assert (settings.db_statement_timeout, settings.db_lock_timeout) == (2.5, 0.5)
 
 
 def test_batch_size_is_used_when_bulk_size_is_absent():

@@ -14,6 +14,8 @@ from importlib import resources
 from typing import Any, Iterable, Sequence
 
 import psycopg
+import psycopg_pool
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -21,7 +23,79 @@ from ..domain.events import Decision, OutboxEvent, Status
 
 
 class StoreUnavailable(RuntimeError):
-    """The database could not be reached or the statement failed for a connection reason."""
+    """The database cannot serve the statement now, for a reason that passes: unreachable or
+    restarting (the base class), busy (:class:`StoreBusy`) or read-only (:class:`StoreReadOnly`).
+    ``sqlstate`` is the SQLSTATE (None when no server answered) and ``reason`` a short label for
+    logs. The worker waits it out with backoff; the psycopg error is chained as ``__cause__``."""
+
+    reason = "unavailable"
+
+    def __init__(self, message: str, sqlstate: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        if reason:
+            self.reason = reason
+
+
+class StoreBusy(StoreUnavailable):
+    """A statement gave up on a busy database: ``lock_timeout`` (55P03, e.g. a DDL lock held),
+    ``statement_timeout`` (57014), a deadlock (40P01) or serialization failure (40001), or the
+    server out of connections or resources (53xxx). Retried after a backoff."""
+
+    reason = "busy"
+
+
+class StoreReadOnly(StoreUnavailable):
+    """The server refuses writes (25006 read_only_sql_transaction): a standby after a failover,
+    or ``default_transaction_read_only``. The connection is discarded, so the retry connects
+    afresh (to the new primary when DNS or the proxy has moved)."""
+
+    reason = "read_only"
+
+
+class StoreError(RuntimeError):
+    """A database error that is neither an outage nor pressure (a schema or SQL fault, a bad
+    value): ``sqlstate`` names it and the psycopg error is chained as ``__cause__``."""
+
+    def __init__(self, message: str, sqlstate: str | None = None):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.reason = "error"
+
+
+_BUSY = {
+    "55P03": "lock_timeout",
+    "40P01": "deadlock",
+    "40001": "serialization_failure",
+    "53300": "too_many_connections",
+}
+
+
+def classify_db_error(exc: BaseException) -> StoreUnavailable | StoreError:
+    """The store exception for a psycopg (or pool) exception: :class:`StoreBusy`,
+    :class:`StoreReadOnly`, :class:`StoreUnavailable` or, for anything else, :class:`StoreError`.
+    The message keeps the server's text and SQLSTATE (the caller chains ``exc``)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return StoreUnavailable(f"database unavailable (no connection from the pool): {text}",
+                                None, "pool_timeout")
+    label = f"{text} (SQLSTATE {sqlstate})" if sqlstate else text
+    if sqlstate in _BUSY:
+        return StoreBusy(f"database busy ({_BUSY[sqlstate]}): {label}", sqlstate, _BUSY[sqlstate])
+    if sqlstate == "57014":
+        reason = "statement_timeout" if "statement timeout" in text else "query_canceled"
+        return StoreBusy(f"database busy ({reason}): {label}", sqlstate, reason)
+    if sqlstate and sqlstate.startswith("53"):
+        return StoreBusy(f"database busy (insufficient_resources): {label}", sqlstate,
+                         "insufficient_resources")
+    if sqlstate == "25006":
+        return StoreReadOnly(f"database read-only: {label}", sqlstate)
+    if isinstance(exc, psycopg.OperationalError) or (sqlstate or "").startswith(("08", "57P")):
+        # connection failures, admin or crash shutdown, server starting up (57P03)
+        return StoreUnavailable(f"database unavailable: {label}", sqlstate,
+                                "connection" if not sqlstate else "server_unavailable")
+    return StoreError(f"database error: {label}", sqlstate)
 
 
 @functools.cache
@@ -53,18 +127,60 @@ class Applied:
     age_seconds: float
 
 
+def application_name(worker_id: str, role: str = "wordloom-outbox") -> str:
+    """``"<role> <worker_id>"`` (``host:pid``) within PostgreSQL's 63 bytes; a long host name is
+    cut, never the pid."""
+    name = f"{role} {worker_id}"
+    if len(name.encode("utf-8")) <= 63:
+        return name
+    host, _, pid = worker_id.rpartition(":")
+    room = 63 - len(role) - 2 - len(pid)
+    return f"{role} {host.encode('utf-8')[:max(room, 0)].decode('utf-8', 'ignore')}:{pid}"[:63]
+
+
+def session_options(database_url: str, statement_timeout: float | None,
+                    lock_timeout: float | None) -> dict[str, str]:
+    """libpq ``options`` setting ``statement_timeout`` and ``lock_timeout`` (seconds) for every
+    statement of the session, after any ``options`` the URL already carries."""
+    settings = []
+    if statement_timeout is not None:
+        settings.append(f"-c statement_timeout={max(1, round(statement_timeout * 1000))}")
+    if lock_timeout is not None:
+        settings.append(f"-c lock_timeout={max(1, round(lock_timeout * 1000))}")
+    if not settings:
+        return {}
+    existing = conninfo_to_dict(database_url).get("options")
+    return {"options": " ".join(([existing] if existing else []) + settings)}
+
+
+# TCP keepalives: a server that vanished without a FIN (a VM stopped, a network partition) is
+# noticed in about 20 s instead of the kernel's two hours
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+              "keepalives_count": 2}
+
+
 def make_pool(database_url: str, *, min_size: int = 1, max_size: int = 2,
-              name: str = "outbox") -> ConnectionPool:
+              name: str = "outbox", worker_id: str | None = None,
+              statement_timeout: float | None = None,
+              lock_timeout: float | None = None) -> ConnectionPool:
     """A psycopg pool that checks connections before handing them out (a Postgres restart
-    leaves broken connections behind) and waits at most 10 s for one."""
+    leaves broken connections behind) and waits at most 10 s for one. Its sessions are named
+    ``wordloom-outbox <worker_id>`` (``host:pid``, ``pg_stat_activity.application_name``) and
+    carry ``statement_timeout`` / ``lock_timeout`` in seconds when given (the worker gives
+    ``OUTBOX_DB_STATEMENT_TIMEOUT_SECONDS`` and ``OUTBOX_DB_LOCK_TIMEOUT_SECONDS``)."""
+    kwargs = {"application_name": application_name(worker_id) if worker_id else "wordloom-outbox",
+              "connect_timeout": 10, **KEEPALIVES,
+              **session_options(database_url, statement_timeout, lock_timeout)}
     return ConnectionPool(database_url, min_size=min_size, max_size=max_size, name=name,
                           timeout=10.0, open=True, check=ConnectionPool.check_connection,
-                          kwargs={"application_name": "wordloom-outbox"})
+                          kwargs=kwargs)
 
 
 class OutboxStore:
-    """Fenced operations on ``search_outbox_events`` (SPEC 4). Raises :class:`StoreUnavailable`
-    when the database cannot be reached; any other database error propagates."""
+    """Fenced operations on ``search_outbox_events`` (SPEC 4). Every method raises
+    :class:`StoreUnavailable` (or its :class:`StoreBusy` / :class:`StoreReadOnly` subclasses)
+    when the database cannot serve it now, and :class:`StoreError` for any other database
+    error; the psycopg error is chained, never replaced by one raised while cleaning up."""
 
     def __init__(self, pool: ConnectionPool):
         self.pool = pool
@@ -72,13 +188,17 @@ class OutboxStore:
     def _execute(self, sql: str, params: dict[str, Any], rows: bool = True, dicts: bool = False):
         try:
             with self.pool.connection() as conn:
-                cur = conn.cursor(row_factory=dict_row) if dicts else conn.cursor()
-                cur.execute(sql, params)
-                return cur.fetchall() if rows else cur.rowcount
-        except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
-            raise StoreUnavailable(f"database unavailable: {exc}".strip()) from exc
-        except psycopg.pool.PoolTimeout as exc:
-            raise StoreUnavailable(f"database unavailable: {exc}") from exc
+                try:
+                    cur = conn.cursor(row_factory=dict_row) if dicts else conn.cursor()
+                    cur.execute(sql, params)
+                    return cur.fetchall() if rows else cur.rowcount
+                except psycopg.errors.ReadOnlySqlTransaction:
+                    # this server will not take writes again (a demoted primary): do not hand
+                    # the connection out again, the next one may reach the new primary
+                    conn.close()
+                    raise
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise classify_db_error(exc) from exc
 
     def claim(self, owner: str, limit: int, lease_seconds: float, max_processing_seconds: float,
               max_attempts: int) -> Claim:

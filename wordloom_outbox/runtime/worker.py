@@ -20,7 +20,8 @@ import psycopg
 from ..adapters import metrics as m
 from ..adapters import tracing
 from ..adapters.sink import EsSink, SinkError
-from ..adapters.store import OutboxStore, StoreUnavailable, make_pool
+from ..adapters.store import (KEEPALIVES, OutboxStore, StoreError, StoreUnavailable,
+                              application_name, make_pool, session_options)
 from ..domain.classify import Kind, classify_failure
 from ..domain.retry import equal_jitter_backoff, full_jitter_backoff
 from ..settings import Settings
@@ -84,7 +85,9 @@ class Worker:
         self.settings = settings
         self.hooks = hooks or LoopHooks()
         self._own_pool = store is None
-        self.store = store or OutboxStore(make_pool(settings.database_url, name=settings.worker_id))
+        self.store = store or OutboxStore(make_pool(
+            settings.database_url, name=settings.worker_id, worker_id=settings.worker_id,
+            statement_timeout=settings.db_statement_timeout, lock_timeout=settings.db_lock_timeout))
         self.sink = sink or EsSink(settings)
         self.rng = rng or random.Random()
         self.processor = BatchProcessor(self.store, self.sink, settings, rng=self.rng,
@@ -126,11 +129,25 @@ class Worker:
                 # half-open: a single event tests the sink before whole batches go again
                 result = self.processor.run_once(limit=1 if self._breaker_is_open else None)
             except StoreUnavailable as exc:
+                # down, busy (a lock or statement timeout) or read-only: a logged retry
                 self._failures += 1
-                log.warning("database unavailable: %s", exc, extra={"worker_id": s.worker_id})
+                delay = full_jitter_backoff(self._failures, s.base_backoff, s.max_backoff / 4,
+                                            self.rng) + 0.1
+                log.warning("%s; retrying in %.1fs", s.scrub(str(exc)), delay,
+                            extra={"worker_id": s.worker_id})
                 self.hooks.heartbeat(False)
-                self._sleep(full_jitter_backoff(self._failures, s.base_backoff, s.max_backoff / 4,
-                                                self.rng) + 0.1)
+                self._sleep(delay)
+                continue
+            except StoreError as exc:
+                # not an outage: a schema or SQL fault; loud, and retried slowly (a migration
+                # or a fix may come), never a crash loop of children
+                self._failures += 1
+                delay = full_jitter_backoff(self._failures, s.base_backoff, s.max_backoff,
+                                            self.rng) + 0.1
+                log.error("%s; retrying in %.1fs", s.scrub(str(exc)), delay,
+                          extra={"worker_id": s.worker_id})
+                self.hooks.heartbeat(False)
+                self._sleep(delay)
                 continue
             self._failures = 0
             self.totals.add(result)
@@ -275,9 +292,12 @@ class Worker:
 
     def _listen_conn(self) -> psycopg.Connection:
         if self._listen is None or self._listen.closed:
-            self._listen = psycopg.connect(self.settings.database_url, autocommit=True,
-                                           connect_timeout=5,
-                                           application_name="wordloom-outbox-listen")
+            s = self.settings
+            self._listen = psycopg.connect(
+                s.database_url, autocommit=True, connect_timeout=5,
+                application_name=application_name(s.worker_id, "wordloom-outbox-listen"),
+                **KEEPALIVES, **session_options(s.database_url, s.db_statement_timeout,
+                                                s.db_lock_timeout))
             self._listen.execute(f"LISTEN {NOTIFY_CHANNEL}")
         return self._listen
 
@@ -295,13 +315,17 @@ class Worker:
         self._next_gauges = time.monotonic() + DB_GAUGE_INTERVAL
         try:
             m.publish_db_gauges(self.store.db_gauges())
-        except StoreUnavailable:
-            pass
+        except (StoreUnavailable, StoreError) as exc:
+            log.debug("database gauges not refreshed: %s", exc)
 
     def close(self) -> None:
+        """Close the connections; a failure here is logged, never raised over the exception
+        that may be ending the loop."""
         self._close_listen()
-        if self.tracer is not None:
-            self.tracer.shutdown()
-        if self._own_pool:
-            self.store.pool.close()
-        self.sink.close()
+        closers = [self.tracer.shutdown] if self.tracer is not None else []
+        closers += [self.store.pool.close] if self._own_pool else []
+        for close in closers + [self.sink.close]:
+            try:
+                close()
+            except Exception:
+                log.exception("error while closing", extra={"worker_id": self.settings.worker_id})

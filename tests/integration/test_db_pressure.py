@@ -1,0 +1,197 @@
+"""Database pressure on the worker's connections (docs/DESIGN.md, "Database pressure"), on real
+PostgreSQL: the sessions are named ``wordloom-outbox host:pid`` and carry ``statement_timeout``
+and ``lock_timeout``; a DDL lock or a stuck statement turns into a logged retry (StoreBusy), a
+read-only server into StoreReadOnly (SQLSTATE 25006) that is waited out on a fresh connection,
+any other database error into StoreError naming its SQLSTATE; and the worker loop keeps
+heartbeating through all of them and then drains."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import psycopg
+import pytest
+
+from wordloom_outbox.adapters.store import (OutboxStore, StoreBusy, StoreError, StoreReadOnly,
+                                            make_pool)
+from wordloom_outbox.runtime.worker import LoopHooks, Worker
+
+from .helpers import produce, status_counts
+
+LOCK_TIMEOUT = 0.5
+STATEMENT_TIMEOUT = 1.0
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def pressure_settings(settings):
+    return settings.replace(db_statement_timeout=STATEMENT_TIMEOUT, db_lock_timeout=LOCK_TIMEOUT,
+                            worker_id="test-host:4242")
+
+
+@pytest.fixture
+def store(db_url, pressure_settings):
+    s = pressure_settings
+    pool = make_pool(db_url, worker_id=s.worker_id, statement_timeout=s.db_statement_timeout,
+                     lock_timeout=s.db_lock_timeout)
+    yield OutboxStore(pool)
+    pool.close()
+
+
+class RunningWorker:
+    """A real Worker (real store and sink) looping in a thread, recording its heartbeats."""
+
+    def __init__(self, settings):
+        self.beats: list[float] = []
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.worker = Worker(settings, hooks=LoopHooks(
+            heartbeat=lambda progress: self.beats.append(time.monotonic()),
+            should_stop=self.stop.is_set))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            self.worker.run()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+        self.worker.close()
+
+    def longest_silence(self, since: float) -> float:
+        beats = [since] + [b for b in self.beats if b >= since] + [time.monotonic()]
+        return max(b - a for a, b in zip(beats, beats[1:]))
+
+
+def records(caplog, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if text in r.getMessage()]
+
+
+def test_worker_sessions_are_named_and_carry_the_timeouts(store, db_url):
+    with store.pool.connection() as conn:
+        pid = conn.info.backend_pid
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "1s"
+        assert conn.execute("SHOW lock_timeout").fetchone()[0] == "500ms"
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT application_name FROM pg_stat_activity WHERE pid = %s",
+                            (pid,)).fetchone()[0] == "wordloom-outbox test-host:4242"
+
+
+def test_ddl_lock_is_a_busy_store_then_a_logged_retry_not_a_hung_worker(
+        db_url, store, pressure_settings, caplog):
+    produce(db_url, 20)
+    caplog.set_level(logging.WARNING, logger="wordloom_outbox")
+    with psycopg.connect(db_url) as ddl:
+        ddl.execute("LOCK TABLE search_outbox_events IN ACCESS EXCLUSIVE MODE")  # held
+        t0 = time.monotonic()
+        with pytest.raises(StoreBusy) as info:
+            store.claim("w", 10, 30, 600, 10)
+        assert info.value.sqlstate == "55P03" and info.value.reason == "lock_timeout"
+        assert isinstance(info.value.__cause__, psycopg.errors.LockNotAvailable)
+        assert time.monotonic() - t0 < LOCK_TIMEOUT + 5  # gave up after lock_timeout
+
+        with RunningWorker(pressure_settings) as w:
+            since = time.monotonic()
+            wait_for(lambda: len(records(caplog, "lock_timeout")) >= 3, 30,
+                     "three logged lock timeouts")
+            silence = w.longest_silence(since)
+            assert w.thread.is_alive() and w.error is None
+            ddl.rollback()  # the DDL ends
+            wait_for(lambda: status_counts(db_url) == {"done": 20}, 60, "drained after the lock")
+    # each statement gave up at lock_timeout; heartbeats kept coming in between
+    assert silence < LOCK_TIMEOUT + 3.0, silence
+    busy = records(caplog, "lock_timeout")
+    assert all(r.levelname == "WARNING" and "55P03" in r.getMessage() and "retrying in" in
+               r.getMessage() and not r.exc_info for r in busy)
+
+
+def test_stuck_statement_is_cancelled_by_statement_timeout_and_retried(
+        db_url, outbox_db, store, pressure_settings, caplog):
+    produce(db_url, 10)
+    # a statement that never ends: every update by the worker's sessions sleeps in a trigger
+    outbox_db.execute("""
+        CREATE FUNCTION test_stall() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF current_setting('application_name') LIKE 'wordloom-outbox %%' THEN
+                PERFORM pg_sleep(60);
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER test_stall BEFORE UPDATE ON search_outbox_events
+            FOR EACH STATEMENT EXECUTE FUNCTION test_stall();""")
+    outbox_db.commit()
+    caplog.set_level(logging.WARNING, logger="wordloom_outbox")
+    t0 = time.monotonic()
+    with pytest.raises(StoreBusy) as info:
+        store.claim("w", 10, 30, 600, 10)
+    assert (info.value.sqlstate, info.value.reason) == ("57014", "statement_timeout")
+    assert time.monotonic() - t0 < STATEMENT_TIMEOUT + 5
+
+    with RunningWorker(pressure_settings) as w:
+        since = time.monotonic()
+        wait_for(lambda: len(records(caplog, "statement_timeout")) >= 2, 30,
+                 "two logged statement timeouts")
+        silence = w.longest_silence(since)
+        assert w.thread.is_alive() and w.error is None
+        outbox_db.execute("DROP TRIGGER test_stall ON search_outbox_events")
+        outbox_db.commit()
+        wait_for(lambda: status_counts(db_url) == {"done": 10}, 60, "drained after the stall")
+    assert silence < STATEMENT_TIMEOUT + 3.0, silence
+
+
+def test_read_only_server_is_classified_and_waited_out_on_fresh_connections(
+        db_url, outbox_db, pressure_settings, caplog):
+    produce(db_url, 10)
+    dbname = outbox_db.info.dbname
+    outbox_db.autocommit = True
+    # every new session of this database is read-only, as on a standby after a failover
+    outbox_db.execute(f'ALTER DATABASE "{dbname}" SET default_transaction_read_only = on')
+    caplog.set_level(logging.WARNING, logger="wordloom_outbox")
+    try:
+        pool = make_pool(db_url, worker_id="test-host:1")
+        try:
+            with pytest.raises(StoreReadOnly) as info:
+                OutboxStore(pool).claim("w", 10, 30, 600, 10)
+        finally:
+            pool.close()
+        assert info.value.sqlstate == "25006" and info.value.reason == "read_only"
+        assert isinstance(info.value.__cause__, psycopg.errors.ReadOnlySqlTransaction)
+
+        with RunningWorker(pressure_settings) as w:
+            wait_for(lambda: len(records(caplog, "read-only")) >= 2, 30, "two read-only retries")
+            assert w.thread.is_alive() and w.error is None
+            # the primary is back: sessions opened from now on can write; the worker's
+            # read-only sessions were discarded, so it reconnects and drains
+            outbox_db.execute(f'ALTER DATABASE "{dbname}" RESET default_transaction_read_only')
+            wait_for(lambda: status_counts(db_url) == {"done": 10}, 60, "drained after failover")
+    finally:
+        outbox_db.execute(f'ALTER DATABASE "{dbname}" RESET default_transaction_read_only')
+    ro = records(caplog, "read-only")
+    assert all("25006" in r.getMessage() and r.levelname == "WARNING" and not r.exc_info
+               for r in ro)
+
+
+def test_other_database_errors_are_store_errors_naming_their_sqlstate(store):
+    with pytest.raises(StoreError) as info:
+        store._execute("SELECT no_such_column FROM search_outbox_events", {})
+    assert info.value.sqlstate == "42703"
+    assert "42703" in str(info.value) and "no_such_column" in str(info.value)
+    assert isinstance(info.value.__cause__, psycopg.errors.UndefinedColumn)
+    # the pool is still usable afterwards
+    assert store.claim("w", 10, 30, 600, 10).events == []
