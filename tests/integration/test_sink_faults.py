@@ -313,3 +313,12 @@ def test_an_index_deleted_at_runtime_comes_back_with_the_shipped_mapping(setting
     mapping = es.indices.get_mapping(index=settings.elastic_index).body
     props = mapping[settings.elastic_index]["mappings"]
     assert props["dynamic"] == "strict" and props["properties"]["text"]["analyzer"] == "wordloom_text"
+
+
+def test_the_shipped_index_states_the_tombstone_window_the_row_bound_relies_on(settings, es):
+    EsSink(settings).ensure_index()
+    index = es.indices.get_settings(index=settings.elastic_index).body[settings.elastic_index]
+    gc_deletes = index["settings"]["index"]["gc_deletes"]
+    assert gc_deletes.endswith("s") and float(gc_deletes[:-1]) >= 60
+    # the bound on a row's age at its write stays well inside the window
+    assert batch_mod.ROW_MAX_AGE + settings.es_timeout < float(gc_deletes[:-1]) / 2
