@@ -1,11 +1,15 @@
 """Producer helper (SPEC 3): change ``search_index`` and write the outbox event in the caller's
 transaction. Runs in any producer process (the Wordloom API, seed, rebuild, tests).
 
-``event_version`` is monotonic per entity: by default the DB clock in microseconds, bumped to
-previous + 1 when not larger, where previous is the larger of the row's version and the
-entity's newest outbox event (so an upsert after a delete outranks the delete). The row lock of
-the upsert or delete serialises concurrent producers of one entity. The outbox trigger
-sends ``NOTIFY search_outbox_events`` so idle workers wake at once.
+``event_version`` is monotonic per entity for every interleaving of producers: each write
+(upsert, delete, touch) first bumps the entity's row in ``search_entity_versions`` (migration
+0005) with ``INSERT .. ON CONFLICT DO UPDATE .. RETURNING``. Its row lock serialises concurrent
+writers of one entity until the writer's transaction ends, so each gets a version above every
+version committed before it. The version is the DB clock in microseconds (or the caller's),
+bumped to previous + 1 when not larger; an entity's first write after the migration starts above
+its newest outbox event and ``search_index`` row. The outbox trigger sends
+``NOTIFY search_outbox_events`` so idle workers wake at once (docs/DESIGN.md, "Producer
+versions").
 """
 
 from __future__ import annotations
@@ -17,60 +21,75 @@ from typing import Iterable
 
 import psycopg
 
-_CLOCK_VERSION = """
-    GREATEST(
+# The entity's next version, taken under the lock of its search_entity_versions row. The
+# caller's version (or the clock) wins when larger; else previous + 1. The outbox and
+# search_index lookups only run for an entity's first write (no version row yet).
+_NEXT_VERSION = """
+next_version AS (
+    INSERT INTO search_entity_versions AS v (entity_type, entity_id, version)
+    SELECT %(t)s::varchar, %(id)s::uuid, GREATEST(
         COALESCE(%(version)s::bigint, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint),
-        COALESCE((SELECT max(event_version) FROM search_outbox_events
-                   WHERE entity_type = %(t)s::varchar AND entity_id = %(id)s::uuid), 0) + 1)
-"""
-# The row lock taken by ON CONFLICT DO UPDATE (or by DELETE) serialises concurrent producers of
-# one entity; the version is bumped against the locked row, so it is monotonic without any
-# lock-table entry per entity (a producer may write many thousands of entities in one
-# transaction).
+        COALESCE(%(floor)s::bigint, 0),
+        CASE WHEN NOT EXISTS (SELECT 1 FROM search_entity_versions
+                               WHERE entity_type = %(t)s::varchar AND entity_id = %(id)s::uuid)
+             THEN GREATEST(
+                 COALESCE((SELECT max(event_version) FROM search_outbox_events
+                            WHERE entity_type = %(t)s::varchar AND entity_id = %(id)s::uuid), 0),
+                 COALESCE((SELECT event_version FROM search_index
+                            WHERE entity_type = %(t)s::varchar AND entity_id = %(id)s::uuid), 0))
+                  + 1
+             ELSE 0 END)
+     WHERE %(only_existing)s::bool IS NOT TRUE
+        OR EXISTS (SELECT 1 FROM search_index
+                    WHERE entity_type = %(t)s::varchar AND entity_id = %(id)s::uuid)
+    ON CONFLICT (entity_type, entity_id) DO UPDATE
+       SET version = GREATEST(EXCLUDED.version, v.version + 1)
+    RETURNING v.version
+)"""
+_OUTBOX_INSERT = """
+INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version, traceparent,
+                                  tracestate)"""
 _UPSERT = f"""
-WITH up AS (
+WITH {_NEXT_VERSION}, up AS (
     INSERT INTO search_index AS s (id, entity_type, entity_id, library_id, text, snippet,
                                    rank_score, event_version, created_at, updated_at)
-    VALUES (gen_random_uuid(), %(t)s::varchar, %(id)s::uuid, %(library_id)s::uuid, %(text)s::text,
-            %(snippet)s::text,
-            %(rank_score)s::float8, {_CLOCK_VERSION}, now(), now())
+    SELECT gen_random_uuid(), %(t)s::varchar, %(id)s::uuid, %(library_id)s::uuid, %(text)s::text,
+           %(snippet)s::text, %(rank_score)s::float8, version, now(), now()
+      FROM next_version
     ON CONFLICT (entity_type, entity_id) DO UPDATE
        SET library_id = EXCLUDED.library_id, text = EXCLUDED.text, snippet = EXCLUDED.snippet,
-           rank_score = EXCLUDED.rank_score,
-           event_version = GREATEST(EXCLUDED.event_version, s.event_version + 1),
+           rank_score = EXCLUDED.rank_score, event_version = EXCLUDED.event_version,
            updated_at = now()
     RETURNING s.event_version
 )
-INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version, traceparent,
-                                  tracestate)
+{_OUTBOX_INSERT}
 SELECT %(t)s::varchar, %(id)s::uuid, 'upsert', event_version,
        %(traceparent)s::varchar, %(tracestate)s::text
   FROM up
 RETURNING event_version
 """
+# The DELETE is not read by the main query, so it runs after it (data-modifying CTEs always run
+# to completion): the version row is locked first, then the search_index row, in the same order
+# as an upsert (no deadlock between the two).
 _DELETE = f"""
-WITH gone AS (
+WITH {_NEXT_VERSION}, gone AS (
     DELETE FROM search_index WHERE entity_type = %(t)s AND entity_id = %(id)s
-    RETURNING event_version
 )
-INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version, traceparent,
-                                  tracestate)
-SELECT %(t)s, %(id)s, 'delete',
-       GREATEST({_CLOCK_VERSION}, COALESCE((SELECT max(event_version) FROM gone), 0) + 1),
-       %(traceparent)s::varchar, %(tracestate)s::text
+{_OUTBOX_INSERT}
+SELECT %(t)s, %(id)s, 'delete', version, %(traceparent)s::varchar, %(tracestate)s::text
+  FROM next_version
 RETURNING event_version
 """
+# Only when the row exists (only_existing): otherwise no version is taken and nothing written.
 _TOUCH = f"""
-WITH up AS (
+WITH {_NEXT_VERSION}, up AS (
     UPDATE search_index s
-       SET event_version = GREATEST({_CLOCK_VERSION}, s.event_version + 1,
-                                    COALESCE(%(floor)s::bigint, 0)),
-           updated_at = now()
+       SET event_version = n.version, updated_at = now()
+      FROM next_version n
      WHERE s.entity_type = %(t)s AND s.entity_id = %(id)s
     RETURNING s.event_version
 )
-INSERT INTO search_outbox_events (entity_type, entity_id, op, event_version, traceparent,
-                                  tracestate)
+{_OUTBOX_INSERT}
 SELECT %(t)s, %(id)s, 'upsert', event_version, %(traceparent)s::varchar, %(tracestate)s::text
   FROM up
 RETURNING event_version
@@ -102,7 +121,8 @@ def upsert_document(conn: psycopg.Connection, entity_type: str, entity_id: uuid.
     caller's transaction. Returns the event version used (``event_version`` when larger than
     every earlier version of the entity, else the next one)."""
     params = dict(t=entity_type, id=entity_id, text=text, snippet=snippet, rank_score=rank_score,
-                  library_id=library_id, version=event_version, **trace_context())
+                  library_id=library_id, version=event_version, floor=None,
+                  only_existing=False, **trace_context())
     return conn.execute(_UPSERT, params).fetchone()[0]
 
 
@@ -110,7 +130,8 @@ def delete_document(conn: psycopg.Connection, entity_type: str, entity_id: uuid.
                     event_version: int | None = None) -> int:
     """Delete the entity's ``search_index`` row and write a ``delete`` event with a version
     larger than any earlier one, in the caller's transaction. Returns that version."""
-    params = dict(t=entity_type, id=entity_id, version=event_version, **trace_context())
+    params = dict(t=entity_type, id=entity_id, version=event_version, floor=None,
+                  only_existing=False, **trace_context())
     return conn.execute(_DELETE, params).fetchone()[0]
 
 
@@ -121,7 +142,7 @@ def touch_document(conn: psycopg.Connection, entity_type: str, entity_id: uuid.U
     a tombstone or a document at a version the row's own version would not outrank). The version
     is at least ``floor`` when given. Returns it, or None when the row does not exist."""
     row = conn.execute(_TOUCH, dict(t=entity_type, id=entity_id, version=None, floor=floor,
-                                    **trace_context())).fetchone()
+                                    only_existing=True, **trace_context())).fetchone()
     return row[0] if row else None
 
 
@@ -133,7 +154,8 @@ def upsert_many(conn: psycopg.Connection, docs: Iterable[Document]) -> int:
     with conn.pipeline(), conn.cursor() as cur:
         for d in docs:
             params = dict(t=d.entity_type, id=d.entity_id, text=d.text, snippet=d.snippet,
-                          rank_score=d.rank_score, library_id=d.library_id, version=None, **trace)
+                          rank_score=d.rank_score, library_id=d.library_id, version=None,
+                          floor=None, only_existing=False, **trace)
             cur.execute(_UPSERT, params)
             n += 1
     return n
