@@ -26,7 +26,7 @@ def self_check_commands() -> list[str]:
 
 
 def test_every_self_check_command_succeeds_against_a_live_service(service_factory, env, db_url,
-                                                                  tmp_path):
+                                                                  tmp_path, es_proxy):
     svc = service_factory(workers=2)
     svc.wait_children(2)
     produce(db_url, 30, text="the quick brown fox number {i}")
@@ -57,3 +57,12 @@ def test_every_self_check_command_succeeds_against_a_live_service(service_factor
     assert "pending=0" in by_word["migrate --plan"]
     hits = re.search(r"search: hits=(\d+)", by_word[" search "])
     assert hits and int(hits.group(1)) >= 1, by_word[" search "]
+    # and the check notices trouble: with ES refusing writes the readyz command fails
+    es_proxy.set_fault("status", status=503, path_contains="_bulk")
+    produce(db_url, 5)
+    readyz = next(cmd for cmd in self_check_commands() if "/readyz" in cmd)
+    failing = wait_for(lambda: (lambda r: r if r.returncode != 0 else None)(subprocess.run(
+        ["bash", "-o", "pipefail", "-c", readyz], env=shell_env, capture_output=True, text=True,
+        timeout=30)), 30, "the readyz command to fail while the breaker is open")
+    assert failing.returncode == 22, failing  # curl -f: HTTP 503
+    es_proxy.clear_fault()
