@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from typing import Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -29,6 +30,13 @@ class _QuietHandler(WSGIRequestHandler):
 class _Server(WSGIServer):
     timeout = 0.1  # handle_request() returns at once when select said readable
     allow_reuse_address = True
+
+    def get_request(self):
+        # wsgiref writes the headers and the body in two sends: without TCP_NODELAY the body
+        # waits for the client's delayed ACK of the headers (up to 40 ms per scrape)
+        conn, addr = super().get_request()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn, addr
 
 
 def _respond(start_response, status: int, body: bytes, ctype: str) -> list[bytes]:
