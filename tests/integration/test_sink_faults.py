@@ -119,11 +119,27 @@ def test_an_es_400_for_every_request_is_split_then_judged_not_a_document_error(
     es_proxy.set_fault("status", status=400, path_contains="_bulk",
                        type="action_request_validation_exception",
                        reason="Validation Failed: 1: an injected request-level refusal;")
-    result = processor(parts, settings).run_once()
+    proc = processor(parts, settings)
+    result = proc.run_once()
     assert result.requests == 11  # 6 actions halved down to single ones: 2 * 6 - 1
-    assert result.failed == 0 and result.sink_outcome is None
+    assert result.failed == 0 and result.sink_outcome.reason == "es_index_rejected"
     assert {(r["status"], r["attempts"], r["error_reason"]) for r in events(db_url)} == {
         ("pending", 0, "es_index_rejected")}
+    # the half-open breaker then sends one event: the same error is known to be about the
+    # index, so the lone action is neither split nor failed
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE search_outbox_events SET next_retry_at = now()")
+    probe = proc.run_once(limit=1)
+    assert (probe.requests, probe.failed, probe.sink_outcome.reason) == (1, 0, "es_index_rejected")
+    # the same with item errors: a lone item failing as every action did before
+    es_proxy.set_fault("bulk_items", share=1.0, status=400, type="illegal_argument_exception",
+                       reason="an index-wide refusal nobody listed")
+    assert proc.run_once(limit=6).sink_outcome.reason == "es_index_rejected"
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE search_outbox_events SET next_retry_at = now()")
+    lone = proc.run_once(limit=1)
+    assert (lone.failed, lone.sink_outcome.reason) == (0, "es_index_rejected")
+    assert {(r["status"], r["attempts"]) for r in events(db_url)} == {("pending", 0)}
 
 
 def test_the_same_item_error_for_every_action_is_about_the_index(parts, settings, db_url,

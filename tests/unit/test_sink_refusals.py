@@ -113,6 +113,20 @@ def test_response_table(items, expected, breaker):
     assert verdict.refused == sum(1 for k, _ in expected if k in (Kind.UNAVAILABLE, Kind.CONFIG))
 
 
+def test_an_error_known_to_be_about_the_index_is_so_for_a_lone_action_too():
+    known = classify_response(["index", "index"], [IMMENSE, IMMENSE])
+    assert known.index_wide_error == classify_item("index", IMMENSE).error
+    lone = classify_response(["index"], [IMMENSE], {known.index_wide_error})
+    assert kinds(lone) == [(Kind.CONFIG, "es_index_rejected")]
+    assert lone.sink_outcome.reason == "es_index_rejected"
+    # among successes the same error is a document error after all
+    mixed = classify_response(["index", "index"], [IMMENSE, OK], {known.index_wide_error})
+    assert kinds(mixed) == [(Kind.BAD_DOCUMENT, "es_mapping"), (Kind.SUCCESS, None)]
+    # another error is not covered
+    assert kinds(classify_response(["index"], [MAPPING], {known.index_wide_error})) == [
+        (Kind.BAD_DOCUMENT, "es_mapping")]
+
+
 HTML = "<html><head><title>400 Bad Request</title></head><body>nginx</body></html>"
 
 FAILURE_TABLE = [

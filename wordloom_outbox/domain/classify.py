@@ -12,7 +12,7 @@ import dataclasses
 import enum
 import random
 import re
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from .events import Decision, OutboxEvent, Status
 from .retry import full_jitter_backoff, refusal_backoff
@@ -143,9 +143,17 @@ class RequestVerdict:
     outcomes: list[Outcome]
     refused: int
     sink_outcome: Outcome | None
+    index_wide_error: str | None = None  # the error judged about the index, to remember
 
 
-def classify_response(actions: list[str], items: list[Mapping[str, Any]]) -> RequestVerdict:
+def index_wide(error: str | None) -> Outcome:
+    """The outcome of an error found to be about the index rather than one document."""
+    return Outcome(Kind.CONFIG, "es_index_rejected",
+                   error_text(f"every action of the request failed alike: {error}"))
+
+
+def classify_response(actions: list[str], items: list[Mapping[str, Any]],
+                      known_index_wide: Collection[str] = ()) -> RequestVerdict:
     """Classify the items of one bulk response together (SPEC 5 as refined by issue 7).
 
     ``actions`` are the action names (``index``/``delete``), ``items`` the objects under them,
@@ -156,15 +164,21 @@ def classify_response(actions: list[str], items: list[Mapping[str, Any]]) -> Req
       (configuration: retried without using attempts);
     * an unnamed item error (``es_item_rejected``) is a document error only when another action
       of the request succeeded; otherwise it stays unknown (an attempt is used);
-    * when more than half the items are sink refusals, ``sink_outcome`` names the commonest.
+    * when more than half the items are sink refusals, ``sink_outcome`` names the commonest;
+    * ``known_index_wide``: error texts already judged about the index in this episode (a
+      request of one action, as the half-open breaker sends, cannot show it by itself); when no
+      action succeeded, items failing with one of them are ``es_index_rejected`` too.
     """
     outcomes = [classify_item(a, i) for a, i in zip(actions, items)]
     ok = [o for o in outcomes if o.kind in (Kind.SUCCESS, Kind.NOOP)]
+    alike_error = None
     if len(outcomes) >= 2 and not ok and len({(o.kind, o.error) for o in outcomes}) == 1 \
             and outcomes[0].kind in (Kind.BAD_DOCUMENT, Kind.UNKNOWN):
-        alike = Outcome(Kind.CONFIG, "es_index_rejected",
-                        error_text(f"every action of the request failed alike: {outcomes[0].error}"))
-        outcomes = [alike] * len(outcomes)
+        alike_error = outcomes[0].error
+        outcomes = [index_wide(alike_error)] * len(outcomes)
+    elif not ok and known_index_wide:
+        outcomes = [index_wide(o.error) if o.kind in (Kind.BAD_DOCUMENT, Kind.UNKNOWN)
+                    and o.error in known_index_wide else o for o in outcomes]
     elif ok:
         outcomes = [Outcome(Kind.BAD_DOCUMENT, "es_mapping", o.error) if o.reason == ITEM_REJECTED
                     else o for o in outcomes]
@@ -173,7 +187,7 @@ def classify_response(actions: list[str], items: list[Mapping[str, Any]]) -> Req
     if refused and 2 * len(refused) > len(outcomes):
         commonest = collections.Counter(o.reason for o in refused).most_common(1)[0][0]
         sink_outcome = next(o for o in refused if o.reason == commonest)
-    return RequestVerdict(outcomes, len(refused), sink_outcome)
+    return RequestVerdict(outcomes, len(refused), sink_outcome, alike_error)
 
 
 def conclude_split(refusals: list[Outcome], succeeded: int) -> list[Outcome]:
@@ -186,9 +200,7 @@ def conclude_split(refusals: list[Outcome], succeeded: int) -> list[Outcome]:
     about the index, not the documents (``es_index_rejected``, no attempt used).
     """
     if len(refusals) >= 2 and not succeeded and len({o.error for o in refusals}) == 1:
-        alike = Outcome(Kind.CONFIG, "es_index_rejected",
-                        error_text(f"every action of the request failed alike: {refusals[0].error}"))
-        return [alike] * len(refusals)
+        return [index_wide(refusals[0].error)] * len(refusals)
     return list(refusals)
 
 

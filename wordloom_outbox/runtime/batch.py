@@ -25,7 +25,7 @@ from ..adapters.store import OutboxStore, StoreUnavailable
 from ..domain.actions import (BulkAction, chunk_actions, plan_batch, rebuild_actions,
                               split_in_half)
 from ..domain.classify import (Kind, Outcome, classify_failure, classify_response,
-                               conclude_split, decide, is_sink_refusal)
+                               conclude_split, decide, index_wide, is_sink_refusal)
 from ..domain.events import Decision, OutboxEvent, Status
 from ..settings import Settings
 
@@ -114,6 +114,7 @@ class BatchProcessor:
         self.clock = clock
         self.refusal_streak = 0  # bulk requests in a row in which the sink refused
         self._episode: collections.Counter = collections.Counter()  # refusals this episode
+        self._index_wide: set[str] = set()  # errors found to be about the index this episode
 
     def run_once(self, limit: int | None = None) -> BatchResult:
         """Claim and process one batch of at most ``limit`` (default ``OUTBOX_BULK_SIZE``) events.
@@ -195,8 +196,15 @@ class BatchProcessor:
                 decisions += [self._decide(a.event, o) for a, o in zip(chunk.actions, outcomes)]
         for split in splits:
             lone = [o for _, o in split.refused]
+            concluded = conclude_split(lone, split.succeeded)
+            if lone and concluded[0].reason == "es_index_rejected":
+                # every action refused alike: the sink refuses the index (breaker)
+                self._index_wide.add(lone[0].error)
+                result.sink_outcome = result.sink_outcome or concluded[0]
+                self._note_refusals({"es_index_rejected": len(lone)}, lone[0].error, ctx,
+                                    whole=True)
             decisions += [self._decide(a.event, o) for (a, _), o
-                          in zip(split.refused, conclude_split(lone, split.succeeded))]
+                          in zip(split.refused, concluded)]
         return decisions, unsent
 
     def _why_not_send(self, lease: "_Lease", result: BatchResult, ctx: dict) -> str | None:
@@ -262,6 +270,9 @@ class BatchProcessor:
         except SinkError as exc:
             outcome = classify_failure(exc.failure)
             m.labelled(m.es_bulk_requests_total, "failed").inc()
+            if outcome.kind is Kind.BAD_DOCUMENT and outcome.error in self._index_wide:
+                # the error every action got earlier in this episode: no split, no failure
+                outcome = index_wide(outcome.error)
             if outcome.kind in (Kind.TOO_LARGE, Kind.BAD_DOCUMENT) and len(actions) > 1:
                 # too large, or refused as a whole for one bad action: halve until the culprit
                 # travels alone and the others go through
@@ -295,7 +306,10 @@ class BatchProcessor:
                               f"bulk response had {len(items)} items for {len(actions)} actions")
             m.labelled(m.es_bulk_requests_total, "failed").inc()
             return [outcome] * len(actions)
-        verdict = classify_response([a for a, _ in items], [i for _, i in items])
+        verdict = classify_response([a for a, _ in items], [i for _, i in items],
+                                    self._index_wide)
+        if verdict.index_wide_error is not None:
+            self._index_wide.add(verdict.index_wide_error)
         outcomes = verdict.outcomes
         refused = collections.Counter(o.reason for o in outcomes if is_sink_refusal(o))
         self._note_refusals(refused, next((o.error for o in outcomes if is_sink_refusal(o)), ""),
@@ -322,6 +336,7 @@ class BatchProcessor:
                          ", ".join(f"{n} {k}" for k, n in sorted(self._episode.items())),
                          extra=ctx)
                 self._episode.clear()
+            self._index_wide.clear()
             self.refusal_streak = 0
             return
         self.refusal_streak += 1
