@@ -49,7 +49,7 @@ import tenacity
 
 from ..adapters.sink import default_index_body
 from ..adapters.store import named_sql
-from ..domain.documents import DocumentError, document_from_row, dumps_line
+from ..domain.documents import DocumentError, action_line, source_line
 
 log = logging.getLogger("wordloom_outbox.rebuild")
 
@@ -273,19 +273,17 @@ def _line_ranges(lines: list[bytes]) -> list[tuple[int, int]]:
 
 
 def _index_action(index: str, doc_id: str, version: int) -> bytes:
-    return dumps_line({"index": {"_index": index, "_id": doc_id, "version": version,
-                                 "version_type": "external_gte"}})
+    return action_line("index", index, doc_id, version)
 
 
 def _delete_action(index: str, doc_id: str, version: int) -> bytes:
-    return dumps_line({"delete": {"_index": index, "_id": doc_id, "version": version,
-                                  "version_type": "external_gte"}})
+    return action_line("delete", index, doc_id, version)
 
 
 def _add_row(bulker: _Bulker, index: str, row: dict) -> None:
     doc_id = f"{row['entity_type']}:{row['entity_id']}"
     try:
-        source = dumps_line(document_from_row(row))
+        source = source_line(row)
     except (DocumentError, ValueError) as exc:
         bulker.reject(doc_id, f"bad_document: {exc}")
         return
