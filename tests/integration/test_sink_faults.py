@@ -212,6 +212,22 @@ def test_a_drain_that_would_overrun_the_grace_gives_back_the_rest(parts, setting
     assert status_counts(db_url) == {"done": 30 - result.released, "pending": result.released}
 
 
+def test_a_drain_within_the_grace_finishes_the_batch_and_gives_nothing_back(parts, settings,
+                                                                          db_url):
+    produce(db_url, 30, text="y" * 200 + " {i}")
+    stop = StopRequest(fast=False, at=0.0)
+    now = {"t": 0.0}
+
+    def beat():
+        now["t"] += 0.5  # each request half a second: 10 requests fit a 30 s grace
+
+    before = released("drain_overrun")
+    result = processor(parts, small_chunks(settings).replace(shutdown_grace=30.0),
+                       clock=lambda: now["t"], heartbeat=beat,
+                       stop_request=lambda: stop).run_once()
+    assert (result.done, result.released) == (30, 0) and released("drain_overrun") == before
+
+
 class FlakyApply(OutboxStore):
     """The real store whose apply fails ``failures`` times with a database error."""
 
