@@ -118,11 +118,13 @@ def test_fenced_apply_after_reclaim_changes_nothing(settings, db_url):
     try:
         store = OutboxStore(pool)
         before = metric("outbox_stale_ack_total")
+        lost_before = metric("outbox_lease_lost_total")
         result = BatchProcessor(store, sink, settings).run_once()
     finally:
         pool.close()
     assert result.claimed == 5 and result.stale == 5 and result.done == 0
     assert metric("outbox_stale_ack_total") == before + 5
+    assert metric("outbox_lease_lost_total") == lost_before + 5
     rows = events(db_url)
     assert {r["status"] for r in rows} == {"processing"}
     assert {r["owner"] for r in rows} == {"other-worker"}

@@ -51,6 +51,9 @@ released_total = Counter("outbox_released_total",
                          "by reason: quit, drain_overrun, not_sent, apply_failed",
                          BASE + ("reason",))
 stale_ack_total = Counter("outbox_stale_ack_total", "Decisions rejected by the lease fence", BASE)
+lease_lost_total = Counter("outbox_lease_lost_total",
+                           "Held events whose lease another claim took, found by a fenced "
+                           "renewal, ack or release (the fence kept the late write out)", BASE)
 reclaimed_total = Counter("outbox_reclaimed_total", "Stuck events reclaimed", BASE)
 event_latency_seconds = Histogram("outbox_event_latency_seconds",
                                   "Seconds from created_at to ack", BASE,
@@ -126,7 +129,7 @@ def labelled(metric, *values: str):
 def init_series() -> None:
     """Create the label-less series and the known labelled counter series at zero (called once
     per process that exports them: the supervisor, or ``work`` run alone)."""
-    for metric in (stale_ack_total, reclaimed_total, event_latency_seconds,
+    for metric in (stale_ack_total, lease_lost_total, reclaimed_total, event_latency_seconds,
                    es_bulk_request_duration_seconds, child_restarts_total,
                    child_hang_kills_total, breaker_open):
         base(metric)

@@ -254,6 +254,7 @@ class BatchProcessor:
             if renewed is not None:
                 lost = lease.held - renewed
                 if lost:
+                    m.base(m.lease_lost_total).inc(len(lost))
                     log.warning("lease lost for %d events during renewal", len(lost), extra=ctx)
                 lease.held = renewed
                 lease.deadline = now + s.lease_seconds
@@ -409,6 +410,7 @@ class BatchProcessor:
                 log.warning("event %s failed (%s): %s", d.event_id, d.reason, d.error, extra=ctx)
         if result.stale:
             m.base(m.stale_ack_total).inc(result.stale)
+            m.base(m.lease_lost_total).inc(result.stale)
             log.warning("%d decisions rejected by the lease fence (lease lost)", result.stale,
                         extra=ctx)
 
@@ -426,6 +428,8 @@ class BatchProcessor:
                         len(ids), reason, exc, extra=ctx)
             return
         lease.held -= released
+        if len(released) < len(ids):
+            m.base(m.lease_lost_total).inc(len(ids) - len(released))
         result.released += len(released)
         m.labelled(m.released_total, reason).inc(len(released))
         log.info("gave back %d events (%s)", len(released), reason, extra=ctx)
