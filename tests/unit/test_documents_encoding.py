@@ -31,6 +31,10 @@ ROWS = [
          snippet="s", rank_score=1e16, event_version=0, created_at=None, updated_at=None),
     dict(entity_type="tag", entity_id=uuid.uuid4(), library_id=None, text="x", snippet="s",
          rank_score=5, event_version=3, created_at=None, updated_at=None),
+    dict(entity_type="tag", entity_id=uuid.uuid4(), library_id=None, text="old", snippet=None,
+         rank_score=0.5, event_version=4,  # local mean time: an offset of +00:09:21
+         created_at=dt.datetime(1890, 1, 1, tzinfo=zoneinfo.ZoneInfo("Europe/Paris")),
+         updated_at=dt.datetime(2026, 1, 1, 0, 0)),
 ]
 
 

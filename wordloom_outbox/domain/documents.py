@@ -60,6 +60,16 @@ def content_hash(source: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+_NATIVE = (str, int, float, uuid.UUID, dt.datetime)
+
+
+def _odd_offset(value: dt.datetime) -> bool:
+    """True for an offset with seconds (local mean time before 1900 in some zones), which
+    orjson would cut to the minute."""
+    offset = value.utcoffset()
+    return offset is not None and offset.seconds % 60 != 0
+
+
 def source_line(row: Mapping[str, Any]) -> bytes:
     """``dumps_line(document_from_row(row))`` without the intermediate dict of strings: the
     worker's hot path (one call per document sent). The same JSON value and the same
@@ -72,11 +82,13 @@ def source_line(row: Mapping[str, Any]) -> bytes:
     doc = {}
     for name in DOC_FIELDS:
         value = row.get(name)
-        if isinstance(value, dt.datetime):
+        if isinstance(value, dt.datetime) and (orjson is None or _odd_offset(value)):
             value = value.isoformat()
-        elif not (value is None or isinstance(value, (str, int, float, uuid.UUID))):
+        elif not (value is None or isinstance(value, _NATIVE)):
             value = str(value)
-        doc[name] = value  # a UUID is written by orjson in its canonical str() form
+        # orjson writes a UUID in its str() form and an aware datetime as isoformat() does
+        # (RFC 3339, microseconds only when not zero; tests/unit/test_documents_encoding.py)
+        doc[name] = value
     return _dumps(doc)
 
 
