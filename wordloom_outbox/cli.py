@@ -424,6 +424,53 @@ def rebuild(emit_outbox: bool, truncate: bool, grace_seconds: float, bulk_rows: 
     sys.exit(exitcodes.OK if report.ok else exitcodes.DRIFT)
 
 
+@main.command()
+@click.option("--older-than", required=True, metavar="AGE",
+              help="Retention: delete done rows finished more than AGE ago (e.g. 7d, 36h; "
+                   "units s, m, h, d, w).")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Rows deleted per transaction.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def purge(older_than: str, dry_run: bool, batch_size: int, as_json: bool) -> None:
+    """Delete `done` outbox rows older than the retention, in small batches.
+
+    Never touches pending, processing or failed rows; each batch is one short transaction that
+    skips rows another purge holds, so it is safe from cron while the service runs. A progress
+    bar on a terminal, one summary line otherwise: `purge: deleted=N batches=N older_than=AGE
+    cutoff=TIME dry_run=false seconds=S`.
+    """
+    import contextlib
+    from .ops.migrate import SchemaTooOld, check_schema
+    from .ops.purge import parse_retention, purge as run_purge
+    try:
+        retention = parse_retention(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    settings = _settings()
+    with contextlib.ExitStack() as stack:
+        conn = stack.enter_context(_connect(settings, autocommit=True))
+        try:
+            check_schema(conn)
+        except SchemaTooOld as exc:
+            click.echo(f"purge: {exc}", err=True)
+            sys.exit(exitcodes.SCHEMA)
+        box = {"update": lambda n: None}
+
+        def on_start(total: int) -> None:
+            if not dry_run and total:
+                box["update"] = _progress(stack, "purging", total)
+
+        try:
+            report = run_purge(conn, retention, older_than=older_than.strip(),
+                               batch_size=batch_size, dry_run=dry_run, on_start=on_start,
+                               progress=lambda n: box["update"](n))
+        except psycopg.Error as exc:
+            click.echo(f"purge: database error: {settings.scrub(str(exc).strip())}", err=True)
+            sys.exit(exitcodes.TEMPFAIL)
+    click.echo(json.dumps(report.as_json()) if as_json else report.line())
+
+
 @main.group()
 def labs() -> None:
     """Failure drills on embedded servers, with evidence (SPEC 12)."""
