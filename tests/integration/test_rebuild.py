@@ -246,3 +246,34 @@ def test_a_second_rebuild_at_the_same_time_is_refused(deployed, settings, db_url
         with pytest.raises(RebuildRefused, match="another rebuild"):
             rebuild(db_url, es, settings.elastic_index, RebuildOptions(grace_seconds=0))
     assert alias_targets(es, settings.elastic_index) == ([settings.elastic_index], True)
+
+
+def test_cli_progress_on_a_terminal_json_and_refusal(deployed, settings, db_url, es):
+    import json
+    import subprocess
+
+    from wordloom_outbox import exitcodes
+
+    from ..conftest import cli_cmd, subprocess_env
+    from .helpers import run_on_terminal
+    env = subprocess_env({"DATABASE_URL": db_url, "ELASTIC_URL": settings.elastic_url,
+                          "ELASTIC_INDEX": settings.elastic_index, "WORDLOOM_ENV": "test"})
+    proc, shown = run_on_terminal(cli_cmd("rebuild", "--grace-seconds", "0", "--bulk-rows", "9"),
+                                  env)
+    assert proc.returncode == exitcodes.OK, shown[-2000:]
+    assert b"loading" in shown and b"100%" in shown, shown[-2000:]
+    assert proc.stdout.count("\n") == 1 and proc.stdout.startswith("rebuild: ok mode=load ")
+
+    out = subprocess.run(cli_cmd("rebuild", "--grace-seconds", "0", "--json"), env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == exitcodes.OK, out.stderr
+    body = json.loads(out.stdout)
+    assert body["ok"] is True and body["loaded"] == 60 and len(body["old_indices"]) == 1
+
+    with psycopg.connect(db_url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        refused = subprocess.run(cli_cmd("rebuild", "--grace-seconds", "0"), env=env,
+                                 capture_output=True, text=True, timeout=120)
+    assert refused.returncode == exitcodes.TEMPFAIL
+    assert "another rebuild" in refused.stderr
+    assert alias_targets(es, settings.elastic_index)[0] == [body["new_index"]]
