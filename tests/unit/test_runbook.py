@@ -81,7 +81,7 @@ def test_every_wordloom_outbox_command_and_option_exists():
             seen.add(next(a for a in args if not a.startswith("-") and not a.startswith('"')
                           and "$" not in a))
     # the runbook's subjects are all there
-    assert {"status", "migrate", "rebuild", "verify", "search", "labs"} <= seen, seen
+    assert {"status", "migrate", "rebuild", "verify", "purge", "search", "labs"} <= seen, seen
 
 
 def test_bin_scripts_make_targets_and_program_exist():
