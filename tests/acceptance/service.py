@@ -14,8 +14,9 @@ class Service(ServiceProc):
     """A ``wordloom-outbox run`` subprocess for tests (environment via ``subprocess_env``)."""
 
     def __init__(self, env: dict[str, str], workers: int = 2, extra: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ()):
-        super().__init__(subprocess_env(env), workers=workers, extra=extra, args=args)
+                 args: tuple[str, ...] = (), new_session: bool = False):
+        super().__init__(subprocess_env(env), workers=workers, extra=extra, args=args,
+                         new_session=new_session)
 
 
 def done_count(db_url: str) -> int:

@@ -58,12 +58,16 @@ class ServiceProc:
     """One ``wordloom-outbox run`` process with its own ports and metrics directory.
 
     ``env`` is the full environment of the process; ports and the metrics directory are added,
-    short heartbeat (5 s) and grace (20 s) defaults when ``env`` has none; ``extra`` wins."""
+    short heartbeat (5 s) and grace (20 s) defaults when ``env`` has none; ``extra`` wins.
+    ``new_session``: the service leads its own session and process group (its children with
+    it), so :meth:`kill_group` can kill the whole service at once, as an OOM killer or a VM stop
+    would."""
 
     def __init__(self, env: dict[str, str], workers: int = 2, extra: dict[str, str] | None = None,
                  log_path: str | None = None, mp_dir: str | None = None,
-                 args: tuple[str, ...] = ()):
+                 args: tuple[str, ...] = (), new_session: bool = False):
         self.args = args
+        self.new_session = new_session
         self.http_port, self.metrics_port = free_port(), free_port()
         self.mp_dir = mp_dir or tempfile.mkdtemp(prefix="wo-metrics-")
         self.log_path = log_path or tempfile.mktemp(prefix="wo-service-", suffix=".log")
@@ -79,7 +83,8 @@ class ServiceProc:
     def start(self, timeout: float = 30.0) -> "ServiceProc":
         self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(cli_cmd("run", "--workers", str(self.workers), *self.args), env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=self.new_session)
         wait_for(lambda: self.health("healthz")[1].get("children") is not None, timeout,
                  "the service to answer /healthz")
         return self
@@ -118,6 +123,12 @@ class ServiceProc:
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
+
+    def kill_group(self) -> None:
+        """SIGKILL to the service's whole process group (needs ``new_session``), then reap it."""
+        assert self.new_session, "kill_group needs a service started with new_session=True"
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
 
     def wait_exit(self, timeout: float) -> int:
         return self.proc.wait(timeout)
