@@ -153,10 +153,12 @@ def session_options(database_url: str, statement_timeout: float | None,
     return {"options": " ".join(([existing] if existing else []) + settings)}
 
 
-# TCP keepalives: a server that vanished without a FIN (a VM stopped, a network partition) is
-# noticed in about 20 s instead of the kernel's two hours
+# TCP keepalives and a user timeout: a server that vanished without a FIN (a VM stopped, a
+# network partition) is noticed in about 20 s, whether the connection was idle or had a request
+# on the wire, instead of the kernel's two hours (statement_timeout is the server's and cannot
+# help when the server is gone)
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-              "keepalives_count": 2}
+              "keepalives_count": 2, "tcp_user_timeout": 20000}
 
 
 def make_pool(database_url: str, *, min_size: int = 1, max_size: int = 2,
