@@ -162,15 +162,35 @@ def work(once: bool, until_drained: bool, bulk_size: int | None) -> None:
 def run_foreground_worker(settings: Settings, *, once: bool, until_drained: bool) -> int:
     """Boot checks (schema, index) then the loop; TERM/INT stop it after the batch in flight.
 
-    Raises ``SchemaTooOld`` (79) or ``psycopg.OperationalError`` (75) at boot."""
+    The boot check is the service's (``runtime/boot.py``): a schema older than the code returns
+    79. A one-shot run (``--once``, ``--until-drained``) returns 75 when the database is
+    unreachable; a continuous run waits for it with backoff, as the service's children do."""
     from .adapters.sink import EsSink
-    from .ops.migrate import check_schema
-    from .runtime.worker import LoopHooks, Worker
-    with _connect(settings, autocommit=True) as conn:
-        check_schema(conn)
-    sink = EsSink(settings)
+    from .runtime.boot import BootRefused, DatabaseUnreachable, check_once, wait_until_bootable
     from .runtime.stopping import StopSignals
+    from .runtime.worker import LoopHooks, Worker
     stop = StopSignals().install()  # TERM/INT drain, QUIT gives back what is held at once
+
+    def sleep(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not stop.asked and time.monotonic() < deadline:
+            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+
+    try:
+        if once or until_drained:
+            check_once(settings)
+        elif not wait_until_bootable(
+                settings, should_stop=lambda: stop.asked, sleep=sleep,
+                on_wait=lambda why, s: click.echo(f"work: {why}; next boot check in {s:.1f}s",
+                                                  err=True)):
+            return exitcodes.OK
+    except BootRefused as exc:
+        click.echo(f"work: {exc.reason}", err=True)
+        return exc.code
+    except DatabaseUnreachable as exc:
+        click.echo(f"work: {exc} ({settings.redacted_database_url()})", err=True)
+        return exitcodes.TEMPFAIL
+    sink = EsSink(settings)
     worker = Worker(settings, sink=sink, publish_db_gauges=True,
                     hooks=LoopHooks(should_stop=lambda: stop.asked,
                                     stop_request=lambda: stop.request,
@@ -193,7 +213,6 @@ def run_foreground_worker(settings: Settings, *, once: bool, until_drained: bool
 def run(workers: int | None, env_file: str | None) -> None:
     """Run the supervisor: fork the worker children, serve /healthz, /readyz and /metrics."""
     import os
-    import tempfile
     from .runtime.logs import setup_logging
     ctx = click.get_current_context()
     if env_file:
@@ -203,15 +222,18 @@ def run(workers: int | None, env_file: str | None) -> None:
     settings = _settings(workers=workers)
     from .adapters.tracing import check_environ
     check_environ()  # OTEL_* (opt-in tracing) validated before any fork
-    # prometheus_client reads PROMETHEUS_MULTIPROC_DIR when metrics are first used: set and
-    # wipe it before importing the metrics module and before the first fork.
+    # The metrics directory is also the private state directory (docs/DESIGN.md, "Files"). It
+    # must be in the environment before prometheus_client is first imported, and checked and
+    # wiped before the first fork (ConfigError, 78, when another user could control it).
+    import tempfile
     mp_dir = settings.prometheus_multiproc_dir or os.path.join(
-        tempfile.gettempdir(), f"wordloom-outbox-metrics-{os.getuid()}-{settings.metrics_port}")
+        tempfile.gettempdir(), f"wordloom-outbox-{os.geteuid()}-{settings.metrics_port}")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
-    from .runtime.supervisor import Supervisor, prepare_multiprocess_dir
-    prepare_multiprocess_dir(mp_dir)
+    from .adapters.metrics import prepare_multiprocess_dir
+    prepare_multiprocess_dir(mp_dir, private=not settings.prometheus_multiproc_dir)
+    from .runtime.supervisor import Supervisor
     setup_logging(settings.log_format, settings.log_level)
-    sys.exit(Supervisor(settings, env_file=env_file, base_env=base_env).run())
+    sys.exit(Supervisor(settings, state_dir=mp_dir, env_file=env_file, base_env=base_env).run())
 
 
 @main.command()

@@ -4,18 +4,17 @@ program definition."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
-import textwrap
 import time
 
 import psycopg
 
-from ..conftest import ROOT, cli_cmd, conn_url, subprocess_env
+from ..conftest import cli_cmd, conn_url, subprocess_env
 from ..integration.helpers import produce
 from .service import Service, done_count, pid_alive, status_counts, wait_for
+from .supervisord import Supervisord
 
 
 def test_child_stuck_in_an_es_call_is_killed_and_replaced(service_factory, db_url, es_proxy):
@@ -103,55 +102,26 @@ def test_promtool_check_metrics_on_a_live_scrape(service_factory, db_url):
 
 def test_real_supervisord_starts_and_drains_the_shipped_program(env, db_url, tmp_path):
     svc = Service(env, workers=2)  # for its ports and environment only; supervisord starts it
-    sock = tmp_path / "supervisor.sock"
-    logdir = tmp_path / "log"
-    logdir.mkdir()
-    conf = tmp_path / "supervisord.conf"
-    conf.write_text(textwrap.dedent(f"""
-        [unix_http_server]
-        file={sock}
-        [supervisord]
-        nodaemon=true
-        logfile={tmp_path}/supervisord.log
-        pidfile={tmp_path}/supervisord.pid
-        childlogdir={logdir}
-        [rpcinterface:supervisor]
-        supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-        [supervisorctl]
-        serverurl=unix://{sock}
-        [include]
-        files={ROOT}/etc/supervisord.conf
-        """))
-    env_sd = dict(svc.env, WORDLOOM_OUTBOX_HOME=str(ROOT), WORDLOOM_OUTBOX_LOG_DIR=str(logdir),
-                  WORDLOOM_OUTBOX_PYTHON=os.sys.executable)
-    bindir = os.path.dirname(os.sys.executable)
-    supervisord = subprocess.Popen([os.path.join(bindir, "supervisord"), "-c", str(conf)],
-                                   env=env_sd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ctl = [os.path.join(bindir, "supervisorctl"), "-c", str(conf)]
+    sd = Supervisord(tmp_path, svc.env).start()
     try:
-        def status():
-            return subprocess.run(ctl + ["status", "wordloom-outbox"], capture_output=True,
-                                  text=True, env=env_sd).stdout
-        wait_for(lambda: "RUNNING" in status(), 30, "supervisorctl status RUNNING")
+        wait_for(lambda: sd.status() == "RUNNING", 30, "supervisorctl status RUNNING")
         children = svc.wait_children(2)
         produce(db_url, 2000)
         wait_for(lambda: done_count(db_url) > 0, 30, "progress")
         main_pid = svc.health("healthz")[1]["pid"]
         started = time.monotonic()
-        stop = subprocess.run(ctl + ["stop", "wordloom-outbox"], capture_output=True, text=True,
-                              env=env_sd, timeout=60)
+        stop = sd.ctl("stop", "wordloom-outbox")
         took = time.monotonic() - started
         assert "stopped" in stop.stdout, stop.stdout + stop.stderr
         assert took < 45  # within stopwaitsecs: drained, not SIGKILLed
-        log = (logdir / "wordloom-outbox.log").read_text()
+        log = sd.program_log()
         assert "supervisor exits 0" in log, log[-2000:]
         assert not any(pid_alive(p) for p in children + [main_pid])
         assert "processing" not in status_counts(db_url)
-        sd_log = (tmp_path / "supervisord.log").read_text()
+        sd_log = sd.supervisord_log()
         assert "exit status 0; expected" in sd_log or "stopped: wordloom-outbox (exit status 0)" in sd_log, sd_log[-2000:]
     finally:
-        supervisord.send_signal(signal.SIGTERM)
-        supervisord.wait(30)
+        sd.stop()
 
 
 def test_es_outage_opens_one_shared_breaker_and_children_stop_claiming(service_factory, db_url,
@@ -161,9 +131,11 @@ def test_es_outage_opens_one_shared_breaker_and_children_stop_claiming(service_f
     wait_for(lambda: svc.health("readyz")[0] == 200, 20, "ready")
     es_proxy.set_fault("status", status=503)
     produce(db_url, 300)
-    status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(svc.health("readyz")),
-                            20, "readyz 503")
-    assert "breaker open" in body["reason"], body
+    # a child still preparing the index may first report "es unreachable"; the breaker, once
+    # open, is the reason readyz gives
+    status, body = wait_for(lambda: (lambda r: r if "breaker open" in r[1]["reason"] else None)(
+        svc.health("readyz")), 20, "readyz 503 naming the breaker")
+    assert status == 503, body
     wait_for(lambda: svc.metric_sum("outbox_breaker_open") == 1, 10, "breaker gauge 1")
     seen_before = es_proxy.state()["counters"]["seen"]
     time.sleep(8)

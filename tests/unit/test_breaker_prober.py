@@ -13,7 +13,7 @@ import random
 import pytest
 
 from wordloom_outbox.domain.classify import SinkFailure
-from wordloom_outbox.runtime.child import read_shared_breaker
+from wordloom_outbox.runtime.breaker import read_shared_breaker
 from wordloom_outbox.runtime import worker as worker_module
 from wordloom_outbox.runtime.worker import LoopHooks, Worker
 from wordloom_outbox.settings import load_settings

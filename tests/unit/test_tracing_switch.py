@@ -24,9 +24,11 @@ def test_exporters_are_read_from_the_standard_variables():
 
 
 def test_reload_with_an_unknown_exporter_is_refused_and_keeps_the_configuration(caplog,
-                                                                               monkeypatch):
+                                                                               monkeypatch,
+                                                                               tmp_path):
     monkeypatch.setattr(os, "environ", dict(os.environ))  # an accepted reload would replace it
-    sup = Supervisor(load_settings(ENV), base_env={**ENV, "OTEL_TRACES_EXPORTER": "zipkin"})
+    sup = Supervisor(load_settings(ENV), state_dir=str(tmp_path),
+                     base_env={**ENV, "OTEL_TRACES_EXPORTER": "zipkin"})
     with caplog.at_level(logging.ERROR):
         sup._reload()
     assert sup.generation == 0

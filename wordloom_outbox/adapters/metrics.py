@@ -1,15 +1,23 @@
-"""Prometheus metrics of SPEC 9. Imported by both processes.
+"""Prometheus metrics of SPEC 9 and their plumbing (prepare the multiprocess directory, render
+the exposition, mark a dead child). Imported by both processes.
 
-prometheus_client decides multiprocess mode from ``PROMETHEUS_MULTIPROC_DIR`` when a metric
-value is first created, so the supervisor sets (and wipes) that directory before importing this
-module and before the first fork; every gauge names its multiprocess mode explicitly.
+prometheus_client decides multiprocess mode from ``PROMETHEUS_MULTIPROC_DIR`` when it is first
+imported, so ``run`` sets that variable before importing this module, then prepares (checks and
+wipes) the directory before the first fork; every gauge names its multiprocess mode explicitly.
+The directory is the service's private state directory: the shared breaker file lives there too
+(docs/DESIGN.md, "Files").
 
 Every metric carries ``component="worker"`` and ``projection="search_index_to_elastic"``.
 """
 
 from __future__ import annotations
 
+import os
+import stat
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from ..settings import ConfigError
 
 COMPONENT = "worker"
 PROJECTION = "search_index_to_elastic"
@@ -169,3 +177,71 @@ def publish_rebuild_status(row: dict | None) -> None:
     base(rebuild_duration_seconds).set(row.get("duration_seconds") or 0.0)
     base(rebuild_last_success).set(1 if row.get("success") else 0)
     base(rebuild_running).set(1 if row.get("running") else 0)
+
+
+# -- plumbing ---------------------------------------------------------------------------------
+
+STATE_FILES = ("breaker", "breaker.tmp")  # the parent's state files in the same directory
+
+
+def prepare_multiprocess_dir(path: str, *, private: bool = True) -> None:
+    """Make ``path`` ready before the first fork: create it with mode 0700 when missing, refuse
+    it when it is a symlink, not a directory, owned by another user or writable by others, make
+    it 0700 when ``private`` (the default directory), then remove the metric files (``*.db``)
+    and state files of an earlier run. The wipe works on the directory opened without following
+    links and never follows a link inside it (a link is removed, not its target).
+
+    Raises :class:`ConfigError` naming ``PROMETHEUS_MULTIPROC_DIR`` and the reason."""
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(f"PROMETHEUS_MULTIPROC_DIR={path} is not usable: {why}")
+
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise refuse(exc.strerror or str(exc)) from exc
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise refuse("it is a symbolic link")
+    if not stat.S_ISDIR(st.st_mode):
+        raise refuse("it is not a directory")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise refuse(exc.strerror or str(exc)) from exc
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise refuse(f"it is owned by uid {st.st_uid}, not by this service (uid {os.geteuid()})")
+        if private and stat.S_IMODE(st.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+        elif stat.S_IMODE(st.st_mode) & 0o022:
+            raise refuse(f"it is writable by other users (mode {stat.S_IMODE(st.st_mode):o})")
+        with os.scandir(fd) as entries:
+            names = [e.name for e in entries
+                     if (e.name.endswith(".db") or e.name in STATE_FILES)
+                     and not e.is_dir(follow_symlinks=False)]
+        for name in names:
+            os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def mark_dead(pid: int) -> None:
+    """Remove a dead child's live-gauge files (multiprocess mode only)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+        multiprocess.mark_process_dead(pid)
+
+
+def render() -> tuple[bytes, str]:
+    """``(exposition, content type)`` aggregated over all processes (multiprocess mode) or of
+    this process alone."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

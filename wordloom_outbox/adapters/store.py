@@ -164,9 +164,9 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
 def make_pool(database_url: str, *, min_size: int = 1, max_size: int = 2,
               name: str = "outbox", worker_id: str | None = None,
               statement_timeout: float | None = None,
-              lock_timeout: float | None = None) -> ConnectionPool:
+              lock_timeout: float | None = None, timeout: float = 10.0) -> ConnectionPool:
     """A psycopg pool that checks connections before handing them out (a Postgres restart
-    leaves broken connections behind) and waits at most 10 s for one. Its sessions are named
+    leaves broken connections behind) and waits at most ``timeout`` seconds for one. Its sessions are named
     ``wordloom-outbox <worker_id>`` (``host:pid``, ``pg_stat_activity.application_name``) and
     carry ``statement_timeout`` / ``lock_timeout`` in seconds when given (the worker gives
     ``OUTBOX_DB_STATEMENT_TIMEOUT_SECONDS`` and ``OUTBOX_DB_LOCK_TIMEOUT_SECONDS``)."""
@@ -174,7 +174,7 @@ def make_pool(database_url: str, *, min_size: int = 1, max_size: int = 2,
               "connect_timeout": 10, **KEEPALIVES,
               **session_options(database_url, statement_timeout, lock_timeout)}
     return ConnectionPool(database_url, min_size=min_size, max_size=max_size, name=name,
-                          timeout=10.0, open=True, check=ConnectionPool.check_connection,
+                          timeout=timeout, open=True, check=ConnectionPool.check_connection,
                           kwargs=kwargs)
 
 

@@ -13,11 +13,12 @@ import logging
 import os
 import signal
 import socket
-
-import psycopg
+import time
+from typing import Callable, NoReturn
 
 from .. import exitcodes
 from ..settings import Settings
+from .breaker import read_shared_breaker
 from .heartbeat import HeartbeatWriter
 
 log = logging.getLogger("wordloom_outbox.child")
@@ -29,25 +30,6 @@ def child_worker_id(settings: Settings) -> str:
     """``OUTBOX_WORKER_ID`` (or the host) plus this child's pid: unique per child and host."""
     base = os.environ.get("OUTBOX_WORKER_ID") or socket.gethostname()
     return f"{base}:{os.getpid()}"
-
-
-def read_shared_breaker(path: str | None) -> tuple[int, str] | None:
-    """``(prober pid, reason)`` from the parent's breaker file when it says open, else None.
-    The file reads ``open <pid> <reason>`` or ``closed``."""
-    if not path:
-        return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            state, _, rest = fh.read().partition(" ")
-    except OSError:
-        return None
-    if state != "open":
-        return None
-    pid, _, reason = rest.partition(" ")
-    try:
-        return int(pid), reason.strip() or "es unavailable"
-    except ValueError:
-        return 0, rest.strip() or "es unavailable"
 
 
 def child_main(settings: Settings, slot: int, fd: int, parent_pid: int,
@@ -64,34 +46,47 @@ def child_main(settings: Settings, slot: int, fd: int, parent_pid: int,
     ctx = {"worker_id": settings.worker_id, "slot": slot}
 
     from ..adapters.sink import EsSink
-    from ..ops.migrate import SchemaTooOld, check_schema
+    from .boot import BootRefused, wait_until_bootable
     from .worker import LoopHooks, Worker
-
-    try:
-        with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=10) as conn:
-            check_schema(conn)
-    except SchemaTooOld as exc:
-        hb.boot_failed(exitcodes.SCHEMA, str(exc))
-        return exitcodes.SCHEMA
-    except psycopg.OperationalError as exc:
-        # Not a boot failure of the code: the database may come back. Exit and be respawned.
-        log.warning("database unreachable at boot: %s", settings.scrub(str(exc).strip()), extra=ctx)
-        return exitcodes.TEMPFAIL
-    sink = EsSink(settings)
 
     def should_stop() -> bool:
         return stop.asked or hb.parent_gone or os.getppid() != parent_pid
+
+    def sleep(seconds: float) -> None:  # keeps the heartbeat while waiting for the database
+        deadline = time.monotonic() + seconds
+        while not should_stop() and time.monotonic() < deadline:
+            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+            hb.beat()
+
+    def on_wait(reason: str, seconds: float) -> None:
+        hb.fact("db", False, reason)
+        log.warning("%s; next boot check in %.1fs", reason, seconds, extra=ctx)
+
+    try:
+        # a connection attempt must not outlast the heartbeat timeout
+        if not wait_until_bootable(settings, on_wait=on_wait, should_stop=should_stop,
+                                   sleep=sleep,
+                                   connect_timeout=min(5.0, settings.heartbeat_timeout / 3)):
+            return exitcodes.OK
+    except BootRefused as exc:
+        hb.boot_failed(exc.code, exc.reason)
+        return exc.code
+    hb.fact("db", True)
+    sink = EsSink(settings)
 
     def shared_breaker() -> str | None:
         # the child the parent names probes; the others wait for the parent's word
         state = read_shared_breaker(breaker_path)
         return None if state is None or state[0] == os.getpid() else state[1]
 
-    worker = Worker(settings, sink=sink,
+    # the child in slot 0 is the one place that refreshes the database gauges (and pings ES
+    # with OUTBOX_REQUIRE_ES_READY); the parent never queries a dependency itself
+    worker = Worker(settings, sink=sink, publish_db_gauges=slot == 0,
                     hooks=LoopHooks(heartbeat=hb.beat, should_stop=should_stop,
                                     breaker=hb.breaker, shared_breaker=shared_breaker,
                                     stop_request=lambda: stop.request,
-                                    interruptible=stop.interruptible))
+                                    interruptible=stop.interruptible,
+                                    fact=hb.fact))
     hb.ready()
     try:
         worker.run()
@@ -100,3 +95,19 @@ def child_main(settings: Settings, slot: int, fd: int, parent_pid: int,
     if os.getppid() != parent_pid or hb.parent_gone:
         log.warning("parent %d is gone; child exits", parent_pid, extra=ctx)
     return exitcodes.OK
+
+
+def run_forked(close_inherited: Callable[[], None], settings: Settings, slot: int, fd: int,
+               parent_pid: int, breaker_path: str | None) -> NoReturn:
+    """The child's side of ``fork()``: close what it inherited from the parent (listening
+    sockets, the wakeup pipe, the other children's pipes), run :func:`child_main`, and leave
+    with its exit code; never returns into the parent's loop, whatever happens."""
+    code = exitcodes.SOFTWARE
+    try:
+        close_inherited()
+        code = child_main(settings, slot, fd, parent_pid, breaker_path)
+    except BaseException:  # noqa: B902 - the child must never return into the parent loop
+        log.exception("child crashed")
+    finally:
+        logging.shutdown()
+        os._exit(code)

@@ -1,79 +1,98 @@
-"""HTTP endpoints of the parent (SPEC 8): ``/healthz``, ``/readyz`` and ``/metrics`` as WSGI apps
-on the standard library's wsgiref, served from the parent's ``select`` loop (no thread). Runs in
-the parent only.
+"""Liveness and readiness of the service as pure functions of what the parent knows (SPEC 8).
+Runs in the parent only; no I/O, no clock: ``now`` is passed in (docs/DESIGN.md, "Health").
 
-The servers' listening sockets are handed to ``select``; when one is readable the loop calls
-``handle_request()``, which serves exactly one request. Accepted connections get a short
-timeout so a slow client cannot stall the parent.
+Every fact comes from the children over their heartbeat pipes (:mod:`.heartbeat`): heartbeats,
+progress, the sink breaker and the ``F`` lines about the database and ES. The parent itself
+never asks a dependency, so answering ``/readyz`` cannot block its loop.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import socket
-from typing import Callable, Iterable
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import Iterable
 
-log = logging.getLogger("wordloom_outbox.health")
+from .heartbeat import ChildState
 
-CLIENT_TIMEOUT = 2.0  # seconds a client may take to send its request
+LOOP_STALL = 5.0  # seconds without a loop turn after which /healthz says the parent is stuck
+DEPENDENCIES = ("db", "es")
 
 
-class _QuietHandler(WSGIRequestHandler):
-    timeout = CLIENT_TIMEOUT
-
-    def log_message(self, format, *args):  # noqa: A002 - the parent logs its own way
-        log.debug("%s - %s", self.address_string(), format % args)
-
-
-class _Server(WSGIServer):
-    timeout = 0.1  # handle_request() returns at once when select said readable
-    allow_reuse_address = True
-
-    def get_request(self):
-        # wsgiref writes the headers and the body in two sends: without TCP_NODELAY the body
-        # waits for the client's delayed ACK of the headers (up to 40 ms per scrape)
-        conn, addr = super().get_request()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn, addr
+def newest_fact(children: Iterable[ChildState], name: str) -> tuple[bool, str] | None:
+    """``(ok, reason)`` of the newest ``F <name>`` line any running child sent, or None when
+    none did. The newest wins: one child seeing the database back outweighs an older report."""
+    reports = [c.facts[name] for c in children if not c.stopping and name in c.facts]
+    if not reports:
+        return None
+    ok, reason, _at = max(reports, key=lambda f: f[2])
+    return ok, reason
 
 
-def _respond(start_response, status: int, body: bytes, ctype: str) -> list[bytes]:
-    reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}.get(status, "")
-    start_response(f"{status} {reason}", [("Content-Type", ctype),
-                                          ("Content-Length", str(len(body))),
-                                          ("Cache-Control", "no-store")])
-    return [body]
+def liveness(now: float, loop_tick: float, children: Iterable[ChildState],
+             heartbeat_timeout: float) -> str:
+    """Why the parent is not live, or ``""``. Not live: its loop has not turned for
+    ``LOOP_STALL`` seconds, or a child is silent past ``heartbeat_timeout`` seconds and not
+    yet being killed. A dependency that is down never makes the service not live (a restart
+    would fix nothing)."""
+    if now - loop_tick > LOOP_STALL:
+        return "supervisor loop is not ticking"
+    for c in children:
+        if now - c.last_heartbeat > heartbeat_timeout and c.kill_sent_at is None:
+            return f"child {c.pid} silent past the heartbeat timeout"
+    return ""
 
 
-def health_app(report: Callable[[str], tuple[bool, dict]]):
-    """WSGI app for ``/healthz`` and ``/readyz``. ``report(kind)`` returns ``(ok, body)`` where
-    ``body`` has ``ok``, ``reason``, ``state`` and ``children``; 200 when ok, else 503."""
+def readiness(now: float, state: str, children: Iterable[ChildState],
+              heartbeat_timeout: float) -> str:
+    """Why the service is not ready to do its work, or ``""``; the first that applies of:
+    the supervisor is not running (draining, stopping); no child is running; the newest
+    database fact says unreachable; a child holds the sink breaker open; the newest ES fact
+    says unreachable; the children are booting; no child has completed a claim within
+    ``heartbeat_timeout`` seconds."""
+    children = [c for c in children if not c.stopping]
+    if state != "running":
+        return f"supervisor is {state}"
+    if not children:
+        return "no worker child is running"
+    for name in DEPENDENCIES:
+        fact = newest_fact(children, name)
+        if name == "es":  # the breaker is the more precise word about ES
+            opened = [c for c in children if c.breaker_open]
+            if opened:
+                return f"sink breaker open ({opened[0].breaker_reason or 'es unavailable'})"
+        if fact is not None and not fact[0]:
+            return fact[1]
+    if not any(c.last_progress is not None and now - c.last_progress <= heartbeat_timeout
+               for c in children):
+        if not any(c.ready for c in children):
+            return "worker children are booting"
+        return "no child has made progress recently"
+    return ""
 
-    def app(environ, start_response) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path not in ("/healthz", "/readyz"):
-            return _respond(start_response, 404, b'{"error": "not found"}\n', "application/json")
-        ok, body = report(path[1:])
-        data = (json.dumps(body, sort_keys=True) + "\n").encode()
-        return _respond(start_response, 200 if ok else 503, data, "application/json")
 
-    return app
+def progress_age(now: float, started_at: float, children: Iterable[ChildState]) -> float:
+    """Seconds since any child last completed a claim (since ``started_at`` when none has)."""
+    last = max((c.last_progress for c in children if c.last_progress is not None), default=None)
+    return round(now - (started_at if last is None else max(last, started_at)), 3)
 
 
-def metrics_app(render: Callable[[], tuple[bytes, str]]):
-    """WSGI app for ``/metrics``: ``render()`` returns the exposition and its content type."""
-
-    def app(environ, start_response) -> Iterable[bytes]:
-        if environ.get("PATH_INFO", "") != "/metrics":
-            return _respond(start_response, 404, b"not found\n", "text/plain")
-        body, ctype = render()
-        return _respond(start_response, 200, body, ctype)
-
-    return app
+def child_view(c: ChildState, now: float) -> dict:
+    """One child as ``/healthz`` and ``/readyz`` show it (ages in seconds)."""
+    return {"pid": c.pid, "slot": c.slot, "ready": c.ready, "stopping": c.stopping,
+            "heartbeat_age_seconds": round(now - c.last_heartbeat, 3),
+            "progress_age_seconds": (None if c.last_progress is None
+                                     else round(now - c.last_progress, 3)),
+            "breaker_open": c.breaker_open}
 
 
-def serve(host: str, port: int, app) -> WSGIServer:
-    """A wsgiref server bound to ``host:port`` (0: a free port), not yet serving."""
-    return make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
+def report(kind: str, *, now: float, state: str, loop_tick: float, pid: int, target: int,
+           children: Iterable[ChildState], heartbeat_timeout: float) -> tuple[bool, dict]:
+    """``(ok, body)`` of ``/healthz`` (``kind='healthz'``) or ``/readyz`` (any other kind).
+    ``body``: ``ok``, ``reason`` (``"ok"`` when ok), ``state``, ``pid``, ``target``,
+    ``children`` (see :func:`child_view`)."""
+    children = sorted(children, key=lambda c: c.slot)
+    if kind == "healthz":
+        reason = liveness(now, loop_tick, children, heartbeat_timeout)
+    else:
+        reason = readiness(now, state, children, heartbeat_timeout)
+    body = {"state": state, "pid": pid, "target": target, "ok": not reason,
+            "reason": reason or "ok", "children": [child_view(c, now) for c in children]}
+    return not reason, body

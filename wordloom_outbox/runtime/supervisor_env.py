@@ -70,3 +70,23 @@ def settings_from_file(base_env: Mapping[str, str], path: str | None,
     naming the file line or the variable when either is bad (nothing is changed then)."""
     env = environment_with_file(base_env, path)
     return env, load_settings(env, **overrides)
+
+
+def reload_environment(base_env: Mapping[str, str], path: str | None,
+                       running: Settings) -> Settings:
+    """SIGHUP: read the file again over ``base_env``, validate it (settings and ``OTEL_*``),
+    then make it this process's environment (``PROMETHEUS_MULTIPROC_DIR``, chosen at boot,
+    stays) and return the new settings with the running listening addresses and process count
+    kept. Raises :class:`ConfigError` (or OSError) and changes nothing when the file is bad."""
+    import os
+
+    from ..adapters.tracing import check_environ as check_tracing_environ
+    env, new = settings_from_file(base_env, path, workers=None)
+    check_tracing_environ(env)  # OTEL_* (opt-in tracing): children build it at boot
+    mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    os.environ.clear()
+    os.environ.update(env)
+    if mp_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
+    return new.replace(http_host=running.http_host, http_port=running.http_port,
+                       metrics_port=running.metrics_port)

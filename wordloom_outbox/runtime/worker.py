@@ -35,6 +35,20 @@ PROBE_BASE = 0.5  # seconds: the first probe waits 0.5-1 s, the next 1-2 s (abou
 DB_GAUGE_INTERVAL = 5.0  # seconds between database gauge refreshes when run alone
 
 
+def db_reason(settings: Settings, exc: Exception) -> str:
+    """The readiness reason for a database failure, scrubbed of the URL's secrets."""
+    text = str(exc).strip().removeprefix("database unavailable:").strip()
+    return f"database unreachable: {settings.scrub(text)}"
+
+
+def sink_reason(settings: Settings, failure) -> str:
+    """``"<kind> [status]: <text>"`` of a :class:`SinkFailure`, scrubbed of credentials."""
+    status = f" {failure.status}" if failure.status else ""
+    text = settings.scrub(failure.text())
+    detail = f": {text}" if text and text not in ("None", failure.kind) else ""
+    return f"{failure.kind}{status}{detail}"[:300]
+
+
 @dataclasses.dataclass
 class LoopHooks:
     """Seams to the parent: ``heartbeat(progress)`` on every loop turn and while waiting
@@ -46,7 +60,9 @@ class LoopHooks:
     ``shared_breaker()`` the reason while another child is the one that probes the open
     breaker (None when closed or when this child is the prober): this child then claims
     nothing, and stands down if it had opened its own breaker at the same moment, so the
-    whole service probes ES from one child (docs/DESIGN.md, "Breaker")."""
+    whole service probes ES from one child (docs/DESIGN.md, "Breaker");
+    ``fact(name, ok, reason)`` whether dependency ``db`` or ``es`` answered, the reason scrubbed
+    of secrets (the parent's readiness, docs/DESIGN.md "Health")."""
 
     heartbeat: Callable[[bool], None] = lambda progress: None
     should_stop: Callable[[], bool] = lambda: False
@@ -54,6 +70,7 @@ class LoopHooks:
     interruptible: Callable[[], ContextManager] = contextlib.nullcontext
     breaker: Callable[[bool, str], None] = lambda is_open, reason: None
     shared_breaker: Callable[[], str | None] = lambda: None
+    fact: Callable[[str, bool, str], None] = lambda name, ok, reason: None
 
 
 @dataclasses.dataclass
@@ -75,8 +92,9 @@ class Totals:
 
 
 class Worker:
-    """One worker loop. ``publish_db_gauges`` makes it refresh the database gauges itself (only
-    when it runs alone; under the supervisor the parent does it)."""
+    """One worker loop. ``publish_db_gauges`` makes it the one place that refreshes the database
+    gauges (every ``DB_GAUGE_INTERVAL`` seconds) and, with ``OUTBOX_REQUIRE_ES_READY``, pings ES
+    for the readiness facts: ``work`` run alone, or the child in slot 0 under the supervisor."""
 
     def __init__(self, settings: Settings, *, hooks: LoopHooks | None = None,
                  store: OutboxStore | None = None, sink: EsSink | None = None,
@@ -85,9 +103,12 @@ class Worker:
         self.settings = settings
         self.hooks = hooks or LoopHooks()
         self._own_pool = store is None
+        # waiting for a connection must not outlast the heartbeat timeout (the parent would
+        # take a child waiting out a database outage for a hung one)
         self.store = store or OutboxStore(make_pool(
             settings.database_url, name=settings.worker_id, worker_id=settings.worker_id,
-            statement_timeout=settings.db_statement_timeout, lock_timeout=settings.db_lock_timeout))
+            statement_timeout=settings.db_statement_timeout, lock_timeout=settings.db_lock_timeout,
+            timeout=min(10.0, settings.heartbeat_timeout / 3)))
         self.sink = sink or EsSink(settings)
         self.rng = rng or random.Random()
         self.processor = BatchProcessor(self.store, self.sink, settings, rng=self.rng,
@@ -135,6 +156,7 @@ class Worker:
                                             self.rng) + 0.1
                 log.warning("%s; retrying in %.1fs", s.scrub(str(exc)), delay,
                             extra={"worker_id": s.worker_id})
+                self.hooks.fact("db", False, db_reason(s, exc))
                 self.hooks.heartbeat(False)
                 self._sleep(delay)
                 continue
@@ -150,6 +172,7 @@ class Worker:
                 self._sleep(delay)
                 continue
             self._failures = 0
+            self.hooks.fact("db", True, "")
             self.totals.add(result)
             self.hooks.heartbeat(True)  # progress: a claim completed, even an empty one
             if result.index_missing and s.create_index:
@@ -183,9 +206,12 @@ class Worker:
             if self.sink.ensure_index():
                 log.info("created index %s", s.elastic_index, extra={"worker_id": s.worker_id})
             self._index_checked = True
+            self.hooks.fact("es", True, "")
             return True
         except SinkError as exc:
             self._index_failures += 1
+            self.hooks.fact("es", False, f"es unreachable: cannot prepare index {s.elastic_index}: "
+                            f"{sink_reason(s, exc.failure)}")
             log.warning("cannot prepare index %s (%s); not claiming yet", s.elastic_index, exc,
                         extra={"worker_id": s.worker_id})
             self._sleep(full_jitter_backoff(self._index_failures, s.base_backoff,
@@ -251,6 +277,7 @@ class Worker:
             self._trips = 0
         m.base(m.breaker_open).set(0)
         self.hooks.breaker(False, "")
+        self.hooks.fact("es", True, "")
         log.info("breaker closed", extra={"worker_id": self.settings.worker_id})
 
     def _nap(self, seconds: float) -> None:
@@ -315,8 +342,15 @@ class Worker:
         self._next_gauges = time.monotonic() + DB_GAUGE_INTERVAL
         try:
             m.publish_db_gauges(self.store.db_gauges())
-        except (StoreUnavailable, StoreError) as exc:
+        except StoreUnavailable as exc:
+            self.hooks.fact("db", False, db_reason(self.settings, exc))
+        except StoreError as exc:
             log.debug("database gauges not refreshed: %s", exc)
+        if self.settings.require_es_ready and not self._breaker_is_open and not force:
+            failure = self.sink.ping()
+            self.hooks.fact("es", failure is None,
+                            "" if failure is None else
+                            f"es unreachable: {sink_reason(self.settings, failure)}")
 
     def close(self) -> None:
         """Close the connections; a failure here is logged, never raised over the exception

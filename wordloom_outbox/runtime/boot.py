@@ -1,0 +1,92 @@
+"""The one boot check, used by the parent, each child and ``wordloom-outbox work``: the schema
+is as new as the code. Runs in whichever process boots (docs/DESIGN.md, "Boot").
+
+Only a refusal stops a start: a schema older than the code (exit 79) or a database URL libpq
+cannot use (exit 78). A database that cannot be reached is waited out with a jittered
+exponential backoff (tenacity), never a reason to exit: the caller's ``on_wait`` reports why
+(a child turns it into a readiness fact for ``/readyz``) and ``sleep`` keeps its heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import psycopg
+import tenacity
+
+from .. import exitcodes
+from ..ops.migrate import SchemaTooOld, check_schema
+from ..settings import Settings
+
+log = logging.getLogger("wordloom_outbox.boot")
+
+BACKOFF_INITIAL = 0.5  # seconds before the second try
+BACKOFF_MAX = 10.0     # seconds: longest wait between two tries
+
+
+class BootRefused(Exception):
+    """The service must not start; ``code`` is its exit code (:mod:`..exitcodes`)."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class DatabaseUnreachable(Exception):
+    """The database did not answer; ``str()`` is the readiness reason, scrubbed of secrets."""
+
+
+def check_once(settings: Settings, connect_timeout: float = 5.0) -> None:
+    """One try: connect (``connect_timeout`` seconds, libpq's floor is 2) and compare the
+    applied migrations with the shipped ones. Raises :class:`BootRefused` (79 schema too old,
+    78 unusable URL) or :class:`DatabaseUnreachable`."""
+    try:
+        with psycopg.connect(settings.database_url, autocommit=True,
+                             connect_timeout=max(2, int(connect_timeout))) as conn:
+            check_schema(conn)
+    except SchemaTooOld as exc:
+        raise BootRefused(exitcodes.SCHEMA, str(exc)) from None
+    except psycopg.ProgrammingError as exc:  # libpq could not parse the URL
+        raise BootRefused(exitcodes.CONFIG, f"DATABASE_URL={settings.redacted_database_url()!r} "
+                          f"is not valid: {settings.scrub(str(exc).strip())}") from None
+    except psycopg.Error as exc:
+        raise DatabaseUnreachable("database unreachable: "
+                                  + settings.scrub(str(exc).strip())[:300]) from None
+
+
+def wait_until_bootable(settings: Settings, *, on_wait: Callable[[str, float], None],
+                        should_stop: Callable[[], bool] = lambda: False,
+                        sleep: Callable[[float], None] = time.sleep,
+                        connect_timeout: float = 5.0) -> bool:
+    """Try :func:`check_once` until it passes (True) or ``should_stop()`` (False). Before each
+    wait ``on_wait(reason, seconds)`` is called. Raises :class:`BootRefused`."""
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(DatabaseUnreachable),
+        wait=tenacity.wait_exponential_jitter(initial=BACKOFF_INITIAL, max=BACKOFF_MAX),
+        stop=lambda state: should_stop(),
+        sleep=sleep,
+        before_sleep=lambda state: on_wait(str(state.outcome.exception()),
+                                           state.upcoming_sleep),
+        reraise=True)
+    try:
+        retrying(check_once, settings, connect_timeout)
+    except DatabaseUnreachable:
+        return False  # told to stop while waiting
+    return True
+
+
+def parent_check(settings: Settings, connect_timeout: float = 2.0) -> None:
+    """The parent's boot, before its loop and any fork: :func:`check_once` with a short
+    timeout. Raises :class:`BootRefused`; an unreachable database is only logged (the
+    children wait for it), as is a shutdown grace shorter than one ES request."""
+    try:
+        check_once(settings, connect_timeout)
+    except DatabaseUnreachable as exc:
+        log.warning("%s; starting anyway: the children wait for it, /readyz says 503", exc)
+    if settings.shutdown_grace < settings.es_timeout + 2:
+        log.warning("OUTBOX_SHUTDOWN_GRACE_SECONDS=%g is shorter than one ES request (%g s) "
+                    "plus an ack: a drain may have to kill children holding a batch",
+                    settings.shutdown_grace, settings.es_timeout)
