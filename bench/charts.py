@@ -24,6 +24,14 @@ def _runs(res: dict) -> list[tuple[str, str, list]]:
     return out
 
 
+def dense(series: list) -> list:
+    """``[[second, events], ...]`` with the seconds in which nothing was acked as zeros."""
+    if not series:
+        return []
+    got = {s: c for s, c in series}
+    return [[s, got.get(s, 0)] for s in range(min(got), max(got) + 1)]
+
+
 def draw(res: dict, directory: Path) -> list[Path]:
     """Write ``throughput.png`` and ``latency.png`` into ``directory``; returns the paths."""
     import matplotlib
@@ -38,6 +46,7 @@ def draw(res: dict, directory: Path) -> list[Path]:
         fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.6 * len(panels)), squeeze=False)
         for ax, panel in zip(axes[:, 0], panels):
             for p, label, series in runs:
+                series = dense(series)
                 if p == panel and series:
                     ax.plot([s for s, _ in series], [c for _, c in series], label=label,
                             drawstyle="steps-post")

@@ -147,6 +147,10 @@ class Lab:
             cwd=ROOT, stdout=subprocess.PIPE, text=True)
         self.nullsink_url = json.loads(self.sink_proc.stdout.readline())["url"]
         self.servers: list = []
+        self.logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))  # kept: service logs per run
+
+    def log(self, name: str) -> str:
+        return str(self.logs / f"{name}.log")
 
     def database(self, name: str, *, adopted: bool = False, template: str | None = None) -> str:
         """A database ``<name>_dev``: a copy of ``template``, or new and migrated (from the v3
@@ -272,8 +276,9 @@ def drained_rate(url: str) -> dict:
 
 
 def run_service_drain(url: str, es_url: str, workers: int, timeout: float, memory: dict,
-                      **extra: str) -> dict:
-    svc = ServiceProc(service_env(url, es_url, **extra), workers=workers).start(timeout=60)
+                      log_path: str | None = None, **extra: str) -> dict:
+    svc = ServiceProc(service_env(url, es_url, **extra), workers=workers,
+                      log_path=log_path).start(timeout=60)
     sampler = MemorySampler(svc.proc.pid)
     try:
         wait_drained(url, svc, timeout)
@@ -341,7 +346,8 @@ def pct(sorted_values: list[float], q: float) -> float | None:
 def latency_run(lab: Lab, name: str, es_url: str, rate: float, seconds: float, sizes: Sizes,
                 memory: dict) -> dict:
     url = lab.database(name)
-    svc = ServiceProc(service_env(url, es_url), workers=sizes.workers).start(timeout=60)
+    svc = ServiceProc(service_env(url, es_url), workers=sizes.workers,
+                      log_path=lab.log(name)).start(timeout=60)
     sampler = MemorySampler(svc.proc.pid)
     try:
         svc.wait_children(sizes.workers, timeout=60)
@@ -387,7 +393,8 @@ def phase_e2e(lab: Lab, sizes: Sizes, res: dict) -> None:
     # the service: another fresh osmem, same documents, index created by the worker
     es_url, osmem, proxy = lab.es()
     svc_url = lab.database("e2e_svc", template="e2e_tmpl")
-    svc = run_service_drain(svc_url, es_url, sizes.workers, 1800, res["memory"])
+    svc = run_service_drain(svc_url, es_url, sizes.workers, 1800, res["memory"],
+                            log_path=lab.log("e2e"))
     proxy.stop()
     osmem.stop()
     res["e2e"] = {"documents": n, "raw": raw, "service": svc,
@@ -418,7 +425,8 @@ def noop_pair(lab: Lab, sizes: Sizes, prefix: str, adopted: bool, res: dict,
     sql = sqlloop.run(sql_url, sizes.workers, sizes.bulk)
     sql.update({k: v for k, v in drained_rate(sql_url).items() if k in ("series", "failed")})
     svc_url = lab.database(f"{prefix}_svc", template=f"{prefix}_tmpl")
-    svc = run_service_drain(svc_url, lab.nullsink_url, sizes.workers, 1800, res["memory"])
+    svc = run_service_drain(svc_url, lab.nullsink_url, sizes.workers, 1800, res["memory"],
+                            log_path=lab.log(prefix))
     return {"events": sizes.noop_events, "sql": sql, "service": svc,
             "ratio": round(svc["events_per_s"] / sql["events_per_s"], 3)}
 
@@ -481,7 +489,8 @@ def phase_backlog(lab: Lab, sizes: Sizes, res: dict) -> None:
     url = lab.database("backlog")
     n = sizes.backlog_events
     seed_events(url, texts, max(1000, min(100_000, n // 10)), n)
-    svc = run_service_drain(url, lab.nullsink_url, sizes.workers, 3600, res["memory"])
+    svc = run_service_drain(url, lab.nullsink_url, sizes.workers, 3600, res["memory"],
+                            log_path=lab.log("backlog"))
     with psycopg.connect(url, autocommit=True) as conn:
         p = conn.execute(
             "SELECT extract(epoch FROM x[1])::float8, extract(epoch FROM x[2])::float8,"
@@ -709,6 +718,7 @@ def main() -> int:
     lab = Lab()
     try:
         res["machine"] = machine()
+        res["service_logs"] = str(lab.logs)
         for name in PHASES:
             if name not in wanted:
                 continue
@@ -728,7 +738,7 @@ def main() -> int:
         drawn = charts_mod.draw(res, Path(charts))
         print("bench: charts " + ", ".join(str(p) for p in drawn))
     print(table(res))
-    print(f"bench: results {path} ({res['total_seconds']} s)")
+    print(f"bench: results {path} ({res['total_seconds']} s); service logs {lab.logs}")
     for line in summary_lines(res):
         print(line)
     return 0
