@@ -27,7 +27,7 @@ Sizes (environment; ``BENCH_SCALE`` multiplies every default, e.g. 0.02 for a sm
   BENCH_RECOVERY_LEASE_SECONDS 10 (the service's lease in the recovery phase),
   BENCH_BULK_SIZE 500 (events per claim and documents per raw request, every phase).
   BENCH_CORPUS (default ../shared/corpus/fortunes.jsonl when present, else fortunes, else
-  generated text), BENCH_OUT (results directory, default bench/results), BENCH_CHARTS
+  generated text), BENCH_V3_SCHEMA (default ../shared/fixtures/wordloom_v3_schema.sql), BENCH_OUT (results directory, default bench/results), BENCH_CHARTS
   (directory of the PNG charts, default docs/perf; empty to skip).
 
 Prints a table and the summary lines (``ratio e2e_vs_raw_bulk=...`` and the rest) and writes
@@ -62,7 +62,8 @@ from wordloom_outbox.labs.service import ServiceProc, wait_for
 from . import rawbulk, sqlloop
 
 ROOT = Path(__file__).resolve().parents[1]
-V3_SCHEMA = ROOT.parent / "shared" / "fixtures" / "wordloom_v3_schema.sql"
+V3_SCHEMA = Path(os.environ.get("BENCH_V3_SCHEMA")
+                 or ROOT.parent / "shared" / "fixtures" / "wordloom_v3_schema.sql")
 DROP_LEGACY = ROOT / "sql" / "optional" / "drop_legacy_v3_outbox_indexes.sql"
 PHASES = ("e2e", "noop", "adopted", "profile", "latency", "backlog", "recovery", "scrape",
           "steady")
@@ -436,6 +437,9 @@ def phase_noop(lab: Lab, sizes: Sizes, res: dict) -> None:
 
 
 def phase_adopted(lab: Lab, sizes: Sizes, res: dict) -> None:
+    if not V3_SCHEMA.exists():
+        raise SystemExit(f"bench: adopted phase needs the Wordloom v3 schema at {V3_SCHEMA} "
+                         "(set BENCH_V3_SCHEMA, or leave adopted out of BENCH_PHASES)")
     res["adopted"] = noop_pair(lab, sizes, "adopted", True, res)
     if DROP_LEGACY.exists():
         res["adopted_dropped"] = noop_pair(lab, sizes, "dropped", True, res, drop_legacy=True)
