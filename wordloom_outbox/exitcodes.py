@@ -18,7 +18,8 @@ code    name          meaning, and what supervisord does (``etc/supervisord.conf
                       guard of ``migrate`` refused; the message names the variable. Fix and
                       restart: retrying cannot help
 79      SCHEMA        the database schema is older than the code: run ``wordloom-outbox migrate``
-80      BOOT_FAILED   ``run``: a child could not boot; the parent stops instead of looping
+                      (``run`` too, when its boot check or a child's finds it)
+80      BOOT_FAILED   ``run``: a child could not boot for another reason; the parent stops
 81      DRAIN_TIMEOUT ``run``: children did not stop within the grace period and were killed
 ======  ============  =========================================================================
 

@@ -23,7 +23,7 @@ from ..settings import Settings
 log = logging.getLogger("wordloom_outbox.boot")
 
 BACKOFF_INITIAL = 0.5  # seconds before the second try
-BACKOFF_MAX = 10.0     # seconds: longest wait between two tries
+BACKOFF_MAX = 5.0      # seconds: longest wait between two tries (a dependency back is seen within 5 s)
 
 
 class BootRefused(Exception):
@@ -65,7 +65,10 @@ def wait_until_bootable(settings: Settings, *, on_wait: Callable[[str, float], N
     wait ``on_wait(reason, seconds)`` is called. Raises :class:`BootRefused`."""
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(DatabaseUnreachable),
-        wait=tenacity.wait_exponential_jitter(initial=BACKOFF_INITIAL, max=BACKOFF_MAX),
+        # equal jitter: half the exponential wait fixed, half random; capped at BACKOFF_MAX
+        wait=(tenacity.wait_exponential(multiplier=BACKOFF_INITIAL / 2, max=BACKOFF_MAX / 2)
+              + tenacity.wait_random_exponential(multiplier=BACKOFF_INITIAL / 2,
+                                                 max=BACKOFF_MAX / 2)),
         stop=lambda state: should_stop(),
         sleep=sleep,
         before_sleep=lambda state: on_wait(str(state.outcome.exception()),
