@@ -277,3 +277,36 @@ def test_cli_progress_on_a_terminal_json_and_refusal(deployed, settings, db_url,
     assert refused.returncode == exitcodes.TEMPFAIL
     assert "another rebuild" in refused.stderr
     assert alias_targets(es, settings.elastic_index)[0] == [body["new_index"]]
+
+
+def test_es_refusals_and_a_hung_bulk_are_ridden_out(deployed, settings, db_url, es, es_proxy):
+    alias = settings.elastic_index
+    opts = RebuildOptions(grace_seconds=0, bulk_rows=15, request_timeout=2, retry_seconds=60)
+    es_proxy.set_fault("status", status=503, path_contains="_bulk", count=2)
+    report = rebuild(db_url, es, alias, opts)
+    assert report.loaded == 60
+    es_proxy.set_fault("bulk_items", share=0.4, status=429, path_contains="_bulk", count=2)
+    report = rebuild(db_url, es, alias, opts)
+    assert report.loaded == 60 and report.rejected_count == 0
+    es_proxy.set_fault("hang", path_contains="_bulk", count=1)  # answered by the 2 s timeout
+    report = rebuild(db_url, es, alias, opts)
+    assert report.loaded == 60
+    es_proxy.clear_fault()
+    check_clean(db_url, es, alias)
+
+
+def test_es_that_keeps_refusing_fails_the_rebuild_cleanly(deployed, settings, db_url, es,
+                                                          es_proxy):
+    alias = settings.elastic_index
+    es_proxy.set_fault("status", status=503, path_contains="_bulk")
+    try:
+        with pytest.raises(Exception) as failed:
+            rebuild(db_url, es, alias, RebuildOptions(grace_seconds=0, request_timeout=2,
+                                                      retry_seconds=1.5))
+    finally:
+        es_proxy.clear_fault()
+    assert "503" in str(failed.value)
+    assert alias_targets(es, alias) == ([alias], True)
+    assert [n for n in es.indices.get(index=f"{alias}-*").body if is_physical_of(alias, n)] == []
+    status = projection_status(db_url)
+    assert status["last_rebuild_success"] is False and "503" in status["last_rebuild_error"]
