@@ -173,3 +173,17 @@ def test_cli_unreadable_index_exits_tempfail(settings, db_url):
     proc = subprocess.run(cli_cmd("verify"), env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == exitcodes.TEMPFAIL
     assert "no-such-index" in proc.stderr
+
+
+def test_cli_es_failing_mid_stream_exits_tempfail_without_a_verdict(converged, settings, db_url,
+                                                                    es_proxy, monkeypatch):
+    env = cli_env(settings, db_url)
+    # the first page comes back, the scroll continuation fails
+    es_proxy.set_fault("status", status=503, path_contains="_search/scroll")
+    try:
+        proc = subprocess.run(cli_cmd("verify"), env=env, capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        es_proxy.clear_fault()
+    assert proc.returncode == exitcodes.TEMPFAIL, proc.stdout + proc.stderr
+    assert proc.stdout == "" and "503" in proc.stderr
