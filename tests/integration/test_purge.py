@@ -18,7 +18,6 @@ import datetime as dt
 import json
 import subprocess
 import threading
-import time
 
 import psycopg
 import pytest

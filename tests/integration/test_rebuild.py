@@ -19,14 +19,12 @@ No sleeps: the grace period and the waits go through injected ``sleep`` callable
 from __future__ import annotations
 
 import random
-import threading
 import uuid
 
 import psycopg
 import pytest
 
 from wordloom_outbox.adapters.sink import EsSink, default_index_body
-from wordloom_outbox.domain.documents import document_from_row
 from wordloom_outbox.ops.rebuild import (LOCK_KEY, RebuildError, RebuildOptions, RebuildRefused,
                                          alias_targets, is_physical_of, rebuild)
 from wordloom_outbox.ops.verify import verify

@@ -176,7 +176,7 @@ def test_cli_unreadable_index_exits_tempfail(settings, db_url):
 
 
 def test_cli_es_failing_mid_stream_exits_tempfail_without_a_verdict(converged, settings, db_url,
-                                                                    es_proxy, monkeypatch):
+                                                                    es_proxy):
     env = cli_env(settings, db_url)
     # the first page comes back, the scroll continuation fails
     es_proxy.set_fault("status", status=503, path_contains="_search/scroll")
