@@ -277,19 +277,80 @@ def drained_rate(url: str) -> dict:
 
 
 def run_service_drain(url: str, es_url: str, workers: int, timeout: float, memory: dict,
-                      log_path: str | None = None, **extra: str) -> dict:
+                      log_path: str | None = None, pyspy: dict | None = None,
+                      **extra: str) -> dict:
+    """Start the service on a seeded outbox, wait until drained, stop it; the drain's rate and
+    memory. ``pyspy``: a dict that receives a py-spy profile of the first child (when py-spy
+    is installed)."""
     svc = ServiceProc(service_env(url, es_url, **extra), workers=workers,
                       log_path=log_path).start(timeout=60)
     sampler = MemorySampler(svc.proc.pid)
+    spy = None
+    if pyspy is not None:
+        kids = child_pids(svc.proc.pid)
+        spy = start_pyspy(kids[0]) if kids else None
     try:
         wait_drained(url, svc, timeout)
     finally:
         mem = sampler.stop()
         code = svc.stop(60)
+        if spy is not None:
+            pyspy.update(finish_pyspy(*spy))
     note_memory(memory, mem)
     result = drained_rate(url)
     result.update(mem, exit_code=code)
     return result
+
+
+def start_pyspy(pid: int) -> tuple[subprocess.Popen, str] | None:
+    """py-spy sampling ``pid`` (100 Hz) until it exits; None when py-spy is not installed."""
+    exe = Path(sys.executable).with_name("py-spy")
+    if not exe.exists():
+        return None
+    out = tempfile.mktemp(prefix="bench-pyspy-", suffix=".txt")
+    proc = subprocess.Popen([str(exe), "record", "--pid", str(pid), "--format", "raw",
+                             "--duration", "600", "-o", out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, out
+
+
+def finish_pyspy(proc: subprocess.Popen, out: str) -> dict:
+    """Share of the worker loop's samples per function: ``own`` (the frame on top) and
+    ``inclusive`` (anywhere in the stack below ``Worker.run``), the top 25 of each, from
+    py-spy's collapsed stacks."""
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        proc.wait(10)
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    try:
+        lines = Path(out).read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1]
+                  + ")" if " (" in f else f for f in stack.split(";")]
+        # the worker loop's thread only, from Worker.run down (the pool's threads just wait)
+        if "Worker.run (worker.py)" not in frames:
+            continue
+        frames = frames[frames.index("Worker.run (worker.py)"):]
+        total += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+    os.unlink(out)
+
+    def top(d):
+        return [[f, round(100.0 * c / total, 1)] for f, c in
+                sorted(d.items(), key=lambda kv: -kv[1])[:30]] if total else []
+    return {"samples": total, "own_pct": top(own), "inclusive_pct": top(incl)}
 
 
 def note_memory(memory: dict, mem: dict) -> None:
@@ -414,7 +475,7 @@ def per_second(progress: list, started: float) -> list:
 
 
 def noop_pair(lab: Lab, sizes: Sizes, prefix: str, adopted: bool, res: dict,
-              drop_legacy: bool = False) -> dict:
+              drop_legacy: bool = False, pyspy: dict | None = None) -> dict:
     texts = corpus_texts(20000)
     tmpl = lab.database(f"{prefix}_tmpl", adopted=adopted)
     if drop_legacy:
@@ -427,13 +488,16 @@ def noop_pair(lab: Lab, sizes: Sizes, prefix: str, adopted: bool, res: dict,
     sql.update({k: v for k, v in drained_rate(sql_url).items() if k in ("series", "failed")})
     svc_url = lab.database(f"{prefix}_svc", template=f"{prefix}_tmpl")
     svc = run_service_drain(svc_url, lab.nullsink_url, sizes.workers, 1800, res["memory"],
-                            log_path=lab.log(prefix))
+                            log_path=lab.log(prefix), pyspy=pyspy)
     return {"events": sizes.noop_events, "sql": sql, "service": svc,
             "ratio": round(svc["events_per_s"] / sql["events_per_s"], 3)}
 
 
 def phase_noop(lab: Lab, sizes: Sizes, res: dict) -> None:
-    res["noop"] = noop_pair(lab, sizes, "noop", False, res)
+    spy: dict = {}
+    res["noop"] = noop_pair(lab, sizes, "noop", False, res, pyspy=spy)
+    if spy:
+        res["pyspy_child"] = spy
 
 
 def phase_adopted(lab: Lab, sizes: Sizes, res: dict) -> None:
