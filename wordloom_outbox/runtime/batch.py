@@ -324,8 +324,10 @@ class BatchProcessor:
             chunk.split.succeeded += ok
         m.labelled(m.es_bulk_requests_total,
                    "success" if ok == len(actions) else ("failed" if ok == 0 else "partial")).inc()
-        for a, o in zip(actions, outcomes):
-            m.labelled(m.es_bulk_items_total, a.action, o.kind.value).inc()
+        # one increment per (op, result), not per item (docs/PERFORMANCE.md)
+        for (op, kind), n in collections.Counter(
+                (a.action, o.kind.value) for a, o in zip(actions, outcomes)).items():
+            m.labelled(m.es_bulk_items_total, op, kind).inc(n)
         return outcomes
 
     def _note_refusals(self, refused: dict, example: str | None, ctx: dict, whole: bool) -> None:
@@ -388,6 +390,8 @@ class BatchProcessor:
                                   if d.event_id in lease.held], "apply_failed", result, ctx)
             raise
         applied = {a.event_id: a for a in applied_rows}
+        done_by_op: collections.Counter = collections.Counter()
+        latency = m.base(m.event_latency_seconds)
         for d in decisions:
             a = applied.get(d.event_id)
             if a is None:
@@ -395,8 +399,8 @@ class BatchProcessor:
                 continue
             if d.status is Status.DONE:
                 result.done += 1
-                m.labelled(m.processed_total, d.op).inc()
-                m.base(m.event_latency_seconds).observe(max(a.age_seconds, 0.0))
+                done_by_op[d.op] += 1
+                latency.observe(max(a.age_seconds, 0.0))
                 if d.noop:
                     m.labelled(m.idempotent_noop_total, d.noop).inc()
             elif d.status is Status.PENDING:
@@ -408,6 +412,8 @@ class BatchProcessor:
                 result.failed += 1
                 self._count_failed(d.op, d.reason or "unknown", terminal=True)
                 log.warning("event %s failed (%s): %s", d.event_id, d.reason, d.error, extra=ctx)
+        for op, n in done_by_op.items():  # one increment per op, not per event
+            m.labelled(m.processed_total, op).inc(n)
         if result.stale:
             m.base(m.stale_ack_total).inc(result.stale)
             m.base(m.lease_lost_total).inc(result.stale)
