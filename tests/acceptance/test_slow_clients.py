@@ -80,3 +80,21 @@ def test_trickling_clients_delay_no_request_heartbeat_reap_or_term(service_facto
     finally:
         for t in tricklers:
             t.stop = True
+
+
+def test_a_stalled_parent_kills_no_healthy_child(service_factory, db_url):
+    # The parent is stopped for twice the heartbeat timeout; its children keep writing
+    # heartbeats into their pipes. On resume the parent reads them before judging anyone.
+    svc = service_factory(workers=2, OUTBOX_HEARTBEAT_TIMEOUT_SECONDS="3")
+    children = svc.wait_children(2)
+    svc.signal(signal.SIGSTOP)
+    try:
+        time.sleep(6.0)  # the stall itself is the scenario
+    finally:
+        svc.signal(signal.SIGCONT)
+    wait_for(lambda: svc.health("healthz")[0] == 200, 10, "healthz 200 after the stall")
+    time.sleep(1.0)  # a few loop turns: a wrong judgement would have sent SIGABRT by now
+    assert sorted(svc.child_pids()) == sorted(children)
+    assert svc.metric_sum("outbox_child_hang_kills_total") == 0
+    produce(db_url, 100)
+    wait_for(lambda: done_count(db_url) == 100, 60, "events done after the stall")

@@ -129,7 +129,6 @@ class Supervisor:
         now = self.loop_tick = self.clock()
         self._handle_signals(now)
         self._reap(now)
-        self._read_children(now)  # what the children wrote while we were busy counts first
         self._watch_heartbeats(now)
         if self.state == "running":
             self._maintain(now)
@@ -276,7 +275,9 @@ class Supervisor:
 
     def _watch_heartbeats(self, now: float) -> None:
         """A child silent past the heartbeat timeout gets SIGABRT (a traceback in its log),
-        then SIGKILL ``KILL_ESCALATION`` seconds later if it is still there."""
+        then SIGKILL ``KILL_ESCALATION`` seconds later if it is still there. Every pipe is read
+        first: what the children wrote while the parent was busy or stopped counts."""
+        self._read_children(now)
         for c in list(self.children.values()):
             if c.kill_sent_at is not None:
                 if now - c.kill_sent_at > KILL_ESCALATION and not c.killed:
