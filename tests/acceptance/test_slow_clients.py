@@ -38,7 +38,9 @@ class Trickler(threading.Thread):
 
 
 def test_trickling_clients_delay_no_request_heartbeat_reap_or_term(service_factory, db_url):
-    svc = service_factory(workers=2, OUTBOX_HEARTBEAT_TIMEOUT_SECONDS="3",
+    # a heartbeat timeout with room for a loaded test machine: the stall this test looks for
+    # is the parent's (worst /healthz), which a blocking server would make seconds long
+    svc = service_factory(workers=2, OUTBOX_HEARTBEAT_TIMEOUT_SECONDS="10",
                           OUTBOX_SHUTDOWN_GRACE_SECONDS="10")
     first = svc.wait_children(2)
     tricklers = [Trickler(svc.http_port) for _ in range(TRICKLERS)]
