@@ -405,6 +405,9 @@ def rebuild(emit_outbox: bool, truncate: bool, grace_seconds: float, bulk_rows: 
     from .runtime.logs import setup_logging
     settings = _settings()
     setup_logging(settings.log_format, settings.log_level)
+    if sys.stderr.isatty():  # the progress bar shows the steps; keep warnings only
+        import logging
+        logging.getLogger("wordloom_outbox.rebuild").setLevel(logging.WARNING)
     with _connect(settings, autocommit=True) as conn:
         try:
             check_schema(conn)
