@@ -220,3 +220,41 @@ def test_a_negative_version_fails_alone_and_costs_the_others_nothing(worker, db_
     assert "negative" in failed[0]["error"]
     done = [r for r in rows if r["status"] == "done"]
     assert len(done) == len(good) and all(r["attempts"] == 0 for r in done)
+
+
+def test_timestamps_python_cannot_hold_fail_alone(worker, db_url, settings, es):
+    """A search_index row with an infinite, BC or after-9999 timestamp fails alone as a bad
+    event naming the field; an event whose own created_at is infinite is still delivered; the
+    claim, the apply and the database gauges do not fail for the rest of the batch."""
+    good = produce(db_url, 5)
+    bad = {}
+    with psycopg.connect(db_url) as conn:
+        for column, value in [("created_at", "infinity"), ("updated_at", "-infinity"),
+                              ("created_at", "0044-03-15 BC"), ("updated_at", "10000-01-01")]:
+            eid = uuid.uuid4()
+            upsert_document(conn, "block", eid, f"{column} {value}")
+            conn.execute(f"UPDATE search_index SET {column} = %s::timestamptz WHERE entity_id = %s",
+                         (value, eid))
+            bad[eid] = (column, value)
+        conn.execute("UPDATE search_outbox_events SET created_at = 'infinity' WHERE entity_id = %s",
+                     (good[0],))
+        conn.execute("UPDATE search_outbox_events SET created_at = '-infinity' WHERE entity_id = %s",
+                     (good[1],))
+    for _ in range(5):  # bounded: before the fix every claim of this batch failed while loading
+        result = worker.processor.run_once()
+        if result.claimed == 0:
+            break
+    failed = {r["entity_id"]: r for r in events(db_url, "status = 'failed'")}
+    assert set(failed) == set(bad)
+    for eid, (column, value) in bad.items():
+        assert failed[eid]["error_reason"] == "bad_event"
+        assert failed[eid]["attempts"] <= 1
+        assert f"{column} " in failed[eid]["error"] and "out of range" in failed[eid]["error"]
+    assert status_counts(db_url) == {"done": 5, "failed": 4}
+    es.indices.refresh(index=settings.elastic_index)
+    assert es.count(index=settings.elastic_index)["count"] == 5
+    with psycopg.connect(db_url) as conn:
+        from wordloom_outbox.adapters.store import named_sql
+        conn.execute("UPDATE search_outbox_events SET status = 'pending' WHERE entity_id = %s",
+                     (good[1],))
+        assert conn.execute(named_sql("db_gauges")).fetchone()[3] is None

@@ -124,7 +124,7 @@ class Applied:
 
     event_id: uuid.UUID
     status: str
-    age_seconds: float
+    age_seconds: float | None  # None when created_at is infinite
 
 
 def application_name(worker_id: str, role: str = "wordloom-outbox") -> str:

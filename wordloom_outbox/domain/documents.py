@@ -37,17 +37,24 @@ def _jsonable(value: Any) -> Any:
     return str(value)  # uuid
 
 
-def document_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The ES ``_source`` for a ``search_index`` row (a mapping with the DOC_FIELDS keys).
-
-    Raises :class:`DocumentError` when a value has no JSON form ES accepts (a non-finite
-    ``rank_score``, an empty ``text``).
-    """
+def _refuse_row(row: Mapping[str, Any]) -> None:
     score = row.get("rank_score")
     if isinstance(score, float) and not math.isfinite(score):
         raise DocumentError(f"rank_score is not finite ({score!r})")
     if row.get("text") is None:
         raise DocumentError("text is null")
+    # load_rows.sql names the timestamps Python cannot hold (infinity, before year 1, after 9999)
+    if row.get("unrepresentable"):
+        raise DocumentError(f"timestamp out of range (years 1-9999): {row['unrepresentable']}")
+
+
+def document_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The ES ``_source`` for a ``search_index`` row (a mapping with the DOC_FIELDS keys).
+
+    Raises :class:`DocumentError` when a value has no JSON form ES accepts (a non-finite
+    ``rank_score``, a null ``text``, a timestamp the loading query named in ``unrepresentable``).
+    """
+    _refuse_row(row)
     return {name: _jsonable(row.get(name)) for name in DOC_FIELDS}
 
 
@@ -74,11 +81,7 @@ def source_line(row: Mapping[str, Any]) -> bytes:
     """``dumps_line(document_from_row(row))`` without the intermediate dict of strings: the
     worker's hot path (one call per document sent). The same JSON value and the same
     :class:`DocumentError`; ``ValueError`` when a value cannot be encoded."""
-    score = row.get("rank_score")
-    if isinstance(score, float) and not math.isfinite(score):
-        raise DocumentError(f"rank_score is not finite ({score!r})")
-    if row.get("text") is None:
-        raise DocumentError("text is null")
+    _refuse_row(row)
     doc = {}
     for name in DOC_FIELDS:
         value = row.get(name)

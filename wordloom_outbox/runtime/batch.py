@@ -400,7 +400,8 @@ class BatchProcessor:
             if d.status is Status.DONE:
                 result.done += 1
                 done_by_op[d.op] += 1
-                latency.observe(max(a.age_seconds, 0.0))
+                if a.age_seconds is not None:  # None: an infinite created_at (apply.sql)
+                    latency.observe(max(a.age_seconds, 0.0))
                 if d.noop:
                     m.labelled(m.idempotent_noop_total, d.noop).inc()
             elif d.status is Status.PENDING:

@@ -18,4 +18,8 @@ UPDATE search_outbox_events e
               %(errors)s::text[], %(reasons)s::text[])
        AS d(id, status, attempt_inc, delay, error, reason)
  WHERE e.id = d.id AND e.status = 'processing' AND e.lease_token = %(token)s
-RETURNING e.id, e.status, extract(epoch FROM now() - e.created_at)::float8 AS age_seconds
+-- age NULL for an infinite created_at (PostgreSQL before 16 cannot subtract it: the whole
+-- statement would fail, and with it every decision of the batch)
+RETURNING e.id, e.status,
+          CASE WHEN isfinite(e.created_at)
+               THEN extract(epoch FROM now() - e.created_at)::float8 END AS age_seconds

@@ -10,8 +10,10 @@ SELECT
     (SELECT count(*) FROM search_outbox_events WHERE status = 'processing') AS processing,
     (SELECT count(*) FROM search_outbox_events
       WHERE status = 'processing' AND lease_until < now()) AS stuck,
-    extract(epoch FROM now() - LEAST(
-        (SELECT created_at FROM search_outbox_events WHERE status = 'pending'
-          ORDER BY seq LIMIT 1),
-        (SELECT min(created_at) FROM search_outbox_events WHERE status = 'processing')
-    ))::float8 AS oldest_age_seconds
+    (SELECT CASE WHEN isfinite(o.t) THEN extract(epoch FROM now() - o.t)::float8 END
+       FROM (SELECT LEAST(
+                (SELECT created_at FROM search_outbox_events WHERE status = 'pending'
+                  ORDER BY seq LIMIT 1),
+                (SELECT min(created_at) FROM search_outbox_events
+                  WHERE status = 'processing')) AS t) o) AS oldest_age_seconds
+-- (NULL for an infinite created_at, which PostgreSQL before 16 cannot subtract)

@@ -1,6 +1,23 @@
 -- Current search_index rows of a batch's entities (state-based projection, SPEC 4.3).
+--
+-- A timestamp Python cannot hold (infinity, -infinity, before year 1, after year 9999; the
+-- bounds keep a day's margin for the session time zone) would make the driver raise while
+-- loading the whole result, so the whole batch would fail again at every claim. Such a value
+-- comes back as NULL and is named in `unrepresentable`; the row then fails alone as a bad
+-- event (domain/documents.py, docs/DESIGN.md "Rows that cannot become documents").
 SELECT s.entity_type, s.entity_id, s.library_id, s.text, s.snippet, s.rank_score,
-       s.event_version, s.created_at, s.updated_at
+       s.event_version,
+       CASE WHEN s.created_at >= '0001-01-02 00:00:00+00' AND s.created_at < '9999-12-31 00:00:00+00'
+            THEN s.created_at END AS created_at,
+       CASE WHEN s.updated_at >= '0001-01-02 00:00:00+00' AND s.updated_at < '9999-12-31 00:00:00+00'
+            THEN s.updated_at END AS updated_at,
+       concat_ws(', ',
+                 CASE WHEN NOT (s.created_at >= '0001-01-02 00:00:00+00'
+                                AND s.created_at < '9999-12-31 00:00:00+00')
+                      THEN 'created_at ' || s.created_at::text END,
+                 CASE WHEN NOT (s.updated_at >= '0001-01-02 00:00:00+00'
+                                AND s.updated_at < '9999-12-31 00:00:00+00')
+                      THEN 'updated_at ' || s.updated_at::text END) AS unrepresentable
   FROM search_index s
   JOIN unnest(%(types)s::text[], %(ids)s::uuid[]) AS k(entity_type, entity_id)
     ON s.entity_type = k.entity_type AND s.entity_id = k.entity_id
