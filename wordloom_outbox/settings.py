@@ -321,8 +321,9 @@ SETTINGS: tuple[Setting, ...] = (
             "a worker statement waiting longer for a lock (a DDL lock) is cancelled and retried "
             "(`lock_timeout`); <= OUTBOX_DB_STATEMENT_TIMEOUT_SECONDS"),
     Setting("OUTBOX_REQUIRE_ES_READY", "require_es_ready", BOOL, False, "`/readyz` also needs ES"),
-    Setting("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", TEXT, None, "metrics files",
-            shown_default="`$TMPDIR/wordloom-outbox-metrics-<uid>-<port>`"),
+    Setting("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", TEXT, None,
+            "private state directory: metrics files and the breaker file (0700, see below)",
+            shown_default="`$TMPDIR/wordloom-outbox-<uid>-<port>`"),
     Setting("ENABLE_SEARCH_PROJECTION", "enable_search_projection", BOOL, True,
             "`0`: `search` and the read-path helper return no hits without asking ES"),
     Setting("OUTBOX_MIGRATIONS_DIR", None, TEXT, None,
