@@ -10,6 +10,7 @@ shared machine only runs interleaved like this are comparable.
 
 from __future__ import annotations
 
+import signal
 import statistics
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ def main(argv: list[str]) -> int:
     if Path.cwd().resolve() in (other, ROOT):
         print("bench.ab: run it from outside both trees (python -m puts the cwd first)")
         return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     lab = Lab()
     rates: dict[str, list[float]] = {"other": [], "this": []}
     try:
