@@ -113,6 +113,36 @@ def test_html_400_from_a_proxy_is_sink_side_and_fails_nothing(parts, settings, d
     assert "nginx" in events(db_url)[0]["error"]
 
 
+@pytest.mark.parametrize("status,text,content_type", [
+    (200, "<html><body><h1>Down for maintenance</h1>haproxy</body></html>", "text/html"),
+    (200, "maintenance", "text/plain"),
+    (202, "", "text/html"),
+    (200, '{"took": 1, "errors": false}', "application/json"),
+    (200, '{"took": 1, "errors": false, "items": [{"index": "ok"}]}', "application/json"),
+])
+def test_a_2xx_that_is_not_a_bulk_answer_is_sink_side_and_fails_nothing(
+        parts, settings, db_url, es_proxy, status, text, content_type):
+    """A load balancer's 2xx page, or JSON that is no bulk answer, decides nothing: every event
+    goes back pending without an attempt (before: AttributeError out of the worker with the
+    claim left to its lease, or an attempt used per event). The client checks ES's product
+    header only until its first answer from ES, which the worker's index check has given."""
+    produce(db_url, 12)
+    assert parts[1].ping() is None  # the client has seen Elasticsearch, as in the worker
+    es_proxy.set_fault("status", status=status, text=text, content_type=content_type,
+                       path_contains="_bulk")
+    result = processor(parts, settings).run_once()
+    assert result.sink_outcome.reason == "es_proxy"
+    rows = events(db_url)
+    assert {(r["status"], r["attempts"], r["error_reason"]) for r in rows} == {
+        ("pending", 0, "es_proxy")}
+    assert rows[0]["error"].startswith("not a bulk answer: ")
+    es_proxy.clear_fault()
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE search_outbox_events SET next_retry_at = now()")
+    processor(parts, settings).run_once()
+    assert status_counts(db_url) == {"done": 12}
+
+
 def test_an_es_400_for_every_request_is_split_then_judged_not_a_document_error(
         parts, settings, db_url, es_proxy):
     produce(db_url, 6)

@@ -84,6 +84,23 @@ def to_failure(exc: BaseException) -> SinkFailure:
     return SinkFailure("other", 0, f"{type(exc).__name__}: {exc}")
 
 
+def _bulk_items(body: Any) -> list[tuple[str, dict]] | None:
+    """``[(action, item), ...]`` of a ``_bulk`` answer, or None when ``body`` is not one (not
+    an object, no ``items`` list, an entry that is not one action mapped to its item)."""
+    entries = body.get("items") if isinstance(body, dict) else None
+    if not isinstance(entries, list):
+        return None
+    items = []
+    for entry in entries:
+        if not (isinstance(entry, dict) and len(entry) == 1):
+            return None
+        (action, item), = entry.items()
+        if not isinstance(item, dict):
+            return None
+        items.append((action, item))
+    return items
+
+
 class EsSink:
     """Writes bulk bodies to one index. ``bulk`` returns ``[(action, item), ...]`` in request
     order, or raises :class:`SinkError` when the request as a whole failed."""
@@ -101,10 +118,13 @@ class EsSink:
         except Exception as exc:  # every client error is classified, none escapes raw
             raise SinkError(to_failure(exc)) from exc
         elapsed = time.monotonic() - started
-        items = []
-        for entry in resp.body.get("items", []):
-            (action, item), = entry.items()
-            items.append((action, item))
+        items = _bulk_items(resp.body)
+        if items is None:
+            # a 2xx that is not a bulk answer (a load balancer's maintenance page, a proxy's
+            # JSON): the path to ES is broken, nothing was decided; classified like a proxy page
+            body = resp.body if isinstance(resp.body, str) else repr(resp.body)
+            raise SinkError(SinkFailure("http", resp.meta.status,
+                                        f"not a bulk answer: {body[:2000]}"))
         return items, elapsed
 
     def ensure_index(self, body: dict[str, Any] | None = None) -> bool:
