@@ -56,8 +56,8 @@ from pathlib import Path
 
 import psycopg
 
-from wordloom_outbox.labs.embedded import EmbeddedPostgres, Osmem, ProxyProcess
-from wordloom_outbox.labs.service import ServiceProc, wait_for
+from wordloom_outbox.testing.embedded import EmbeddedPostgres, Osmem, ProxyProcess
+from wordloom_outbox.testing.service import ServiceProc, wait_for
 
 from . import rawbulk, sqlloop
 
@@ -696,7 +696,7 @@ def machine() -> dict:
     except OSError:
         pass
     pg_version = subprocess.run([os.path.join(
-        __import__("wordloom_outbox.labs.embedded", fromlist=["pg_bindir"]).pg_bindir(),
+        __import__("wordloom_outbox.testing.embedded", fromlist=["pg_bindir"]).pg_bindir(),
         "postgres"), "--version"], capture_output=True, text=True).stdout.strip()
     return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
             "kernel": platform.release(), "postgres": pg_version,

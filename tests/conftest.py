@@ -7,8 +7,6 @@ PostgreSQL runs through ``runuser -u postgres`` when the suite runs as root (SPE
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 from pathlib import Path
 
 import psycopg
@@ -20,7 +18,10 @@ SHARED = ROOT.parent / "shared"
 V3_SCHEMA = SHARED / "fixtures" / "wordloom_v3_schema.sql"
 CORPUS = SHARED / "corpus" / "fortunes.jsonl"
 
-from wordloom_outbox.labs.embedded import EmbeddedPostgres  # noqa: E402
+from wordloom_outbox.testing.db import conn_url  # noqa: E402,F401 - tests import it from here
+from wordloom_outbox.testing.embedded import EmbeddedPostgres  # noqa: E402
+from wordloom_outbox.testing.service import cli_cmd  # noqa: E402,F401
+from wordloom_outbox.testing.service import clean_env as subprocess_env  # noqa: E402,F401
 from wordloom_outbox.settings import load_settings  # noqa: E402
 
 
@@ -71,11 +72,6 @@ empty_noproc = factories.postgresql_noproc(depends_on="pg_server", dbname="empty
 empty_db = factories.postgresql("empty_noproc")
 
 
-def conn_url(conn: psycopg.Connection) -> str:
-    info = conn.info
-    return f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
-
-
 @pytest.fixture
 def db_url(outbox_db) -> str:
     """URL of a fresh, migrated test database (dropped after the test)."""
@@ -86,7 +82,7 @@ def db_url(outbox_db) -> str:
 @pytest.fixture
 def es_proxy(osmem_clone):
     """Our proxy (media types, faults) in front of a fresh osmem clone; faults cleared after."""
-    from wordloom_outbox.labs.esproxy import EsProxy
+    from wordloom_outbox.testing.esproxy import EsProxy
     proxy = EsProxy(osmem_clone.url).start()
     try:
         yield proxy
@@ -124,16 +120,3 @@ def es(es_proxy):
     client = Elasticsearch(es_proxy.url, request_timeout=30, max_retries=0)
     yield client
     client.close()
-
-
-def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
-    """The test process's environment plus ``extra`` (for running the real CLI)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OUTBOX_", "ELASTIC_",
-                                                                       "PROMETHEUS_"))}
-    env.update(extra)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def cli_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "wordloom_outbox.cli", *args]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .service import Service
+from wordloom_outbox.testing.service import Service
 
 
 @pytest.fixture

@@ -13,9 +13,10 @@ import stat
 import time
 
 from ..conftest import conn_url
-from ..integration.helpers import produce
-from .service import Service, done_count, status_counts, wait_for
-from .supervisord import Supervisord
+from wordloom_outbox.testing.db import produce
+from wordloom_outbox.testing.db import done_count, status_counts
+from wordloom_outbox.testing.service import Service, wait_for
+from wordloom_outbox.testing.supervisord import Supervisord
 
 OUTAGE = float(os.environ.get("OUTBOX_TEST_OUTAGE_SECONDS", "20"))
 

@@ -20,8 +20,9 @@ import time
 
 import psycopg
 
-from ..integration.helpers import produce
-from .service import Service, pid_alive, status_counts, wait_for
+from wordloom_outbox.testing.db import produce
+from wordloom_outbox.testing.db import status_counts
+from wordloom_outbox.testing.service import Service, pid_alive, wait_for
 
 LEASE = 10.0
 EVENTS = 2000

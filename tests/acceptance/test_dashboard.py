@@ -8,9 +8,10 @@ import json
 import subprocess
 
 from ..conftest import ROOT, cli_cmd, subprocess_env
-from ..integration.helpers import produce
+from wordloom_outbox.testing.db import produce
 from .promql import parse, scrape_index, unknown_names
-from .service import status_counts, wait_for
+from wordloom_outbox.testing.db import status_counts
+from wordloom_outbox.testing.service import wait_for
 
 DASHBOARD = ROOT / "etc" / "grafana" / "wordloom-outbox-dashboard.json"
 PANELS_NEEDED = ("processed", "failed", "retries", "lag", "oldest", "in flight", "bulk request latency",

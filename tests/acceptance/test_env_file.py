@@ -15,8 +15,9 @@ import pytest
 from wordloom_outbox import exitcodes
 
 from ..conftest import ROOT, subprocess_env
-from ..integration.helpers import produce
-from .service import Service, done_count, wait_for
+from wordloom_outbox.testing.db import produce
+from wordloom_outbox.testing.db import done_count
+from wordloom_outbox.testing.service import Service, wait_for
 
 RUN_WRAPPER = ROOT / "bin" / "wordloom-outbox-run"
 REPLAY_WRAPPER = ROOT / "bin" / "outbox-replay"

@@ -20,11 +20,12 @@ import urllib.request
 import pytest
 import yaml
 
-from wordloom_outbox.labs.embedded import free_port
+from wordloom_outbox.testing.embedded import free_port
 
 from ..conftest import ROOT
-from ..integration.helpers import produce
-from .service import done_count, wait_for
+from wordloom_outbox.testing.db import produce
+from wordloom_outbox.testing.db import done_count
+from wordloom_outbox.testing.service import wait_for
 from .test_dashboard import dashboard_queries
 
 RULES = ROOT / "etc" / "prometheus" / "wordloom-outbox-rules.yml"

@@ -26,11 +26,11 @@ from elasticsearch import Elasticsearch
 
 from wordloom_outbox import exitcodes
 from wordloom_outbox.adapters.sink import default_index_body
-from wordloom_outbox.labs.embedded import ProxyProcess
+from wordloom_outbox.testing.embedded import ProxyProcess
 from wordloom_outbox.producer import Document, delete_document, upsert_document, upsert_many
 
 from ..conftest import CORPUS, TEST_INDEX, cli_cmd, subprocess_env
-from .service import ServiceProc, wait_for
+from wordloom_outbox.testing.service import ServiceProc, wait_for
 
 ROWS = 1200
 LINE = re.compile(r"^rebuild: ok mode=load alias=(\S+) index=(\S+) rows=(\d+) loaded=(\d+) "

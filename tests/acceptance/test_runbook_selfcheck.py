@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from ..conftest import ROOT, subprocess_env
-from ..integration.helpers import produce
-from .service import done_count, wait_for
+from wordloom_outbox.testing.db import produce
+from wordloom_outbox.testing.db import done_count
+from wordloom_outbox.testing.service import wait_for
 
 RUNBOOK = ROOT / "docs" / "RUNBOOK.md"
 

@@ -16,8 +16,9 @@ from wordloom_outbox import exitcodes
 from wordloom_outbox.redaction import url_secrets
 
 from ..conftest import cli_cmd, subprocess_env
-from ..integration.helpers import produce
-from .service import Service, done_count, wait_for
+from wordloom_outbox.testing.db import produce
+from wordloom_outbox.testing.db import done_count
+from wordloom_outbox.testing.service import Service, wait_for
 
 DB_PW = "Db7-Hush-pw"
 AT_PW = "Sup3r@S3cretXy"  # an unencoded "@": libpq reads half of it as the host name

@@ -9,8 +9,9 @@ import time
 
 import psycopg
 
-from ..integration.helpers import events, produce
-from .service import done_count, status_counts, wait_for
+from wordloom_outbox.testing.db import events, produce
+from wordloom_outbox.testing.db import done_count, status_counts
+from wordloom_outbox.testing.service import wait_for
 
 HTML = "<html><head><title>400 Bad Request</title></head><body><h1>400</h1>nginx</body></html>"
 STORM_SECONDS = 40.0  # the figure

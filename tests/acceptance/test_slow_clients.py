@@ -10,8 +10,9 @@ import socket
 import threading
 import time
 
-from ..integration.helpers import produce
-from .service import done_count, wait_for
+from wordloom_outbox.testing.db import produce
+from wordloom_outbox.testing.db import done_count
+from wordloom_outbox.testing.service import wait_for
 
 TRICKLERS = 8
 

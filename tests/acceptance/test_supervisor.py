@@ -9,8 +9,9 @@ import time
 
 import psycopg
 
-from ..integration.helpers import produce
-from .service import done_count, pid_alive, status_counts, wait_for
+from wordloom_outbox.testing.db import produce
+from wordloom_outbox.testing.db import done_count, status_counts
+from wordloom_outbox.testing.service import pid_alive, wait_for
 
 
 def test_three_children_drain_and_counters_match_the_database(service_factory, db_url):

@@ -12,9 +12,9 @@ import time
 import psycopg
 
 from ..conftest import cli_cmd, conn_url, subprocess_env
-from ..integration.helpers import produce
-from .service import Service, done_count, pid_alive, status_counts, wait_for
-from .supervisord import Supervisord
+from wordloom_outbox.testing.db import done_count, produce, status_counts
+from wordloom_outbox.testing.service import Service, pid_alive, wait_for
+from wordloom_outbox.testing.supervisord import Supervisord
 
 
 def test_child_stuck_in_an_es_call_is_killed_and_replaced(service_factory, db_url, es_proxy):
@@ -174,7 +174,7 @@ def test_hup_rereads_the_env_file_from_scratch(service_factory, db_url, env, tmp
     env_file.write_text("OUTBOX_WORKER_ID=alpha\n")
     svc = service_factory(workers=1)  # replaced below by one that uses the env file
     svc.stop()
-    from .service import Service
+    from wordloom_outbox.testing.service import Service
     svc = Service(env, workers=1, args=("--env-file", str(env_file))).start()
     try:
         svc.wait_children(1)

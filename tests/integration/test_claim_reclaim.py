@@ -14,7 +14,7 @@ from wordloom_outbox.adapters.store import OutboxStore, make_pool
 from wordloom_outbox.runtime.batch import BatchProcessor
 from wordloom_outbox.runtime.worker import LoopHooks, Worker
 
-from .helpers import events
+from wordloom_outbox.testing.db import events
 
 
 def add(conn, n: int, *, status: str = "pending", reclaims: int = 0, attempts: int = 0,

@@ -13,7 +13,7 @@ import psycopg
 from ..conftest import cli_cmd, subprocess_env
 from wordloom_outbox.labs.drills import CLAIM_AUDIT, OVERLAPPING_CLAIMS
 
-from .helpers import produce
+from wordloom_outbox.testing.db import produce
 
 
 

@@ -18,7 +18,7 @@ from wordloom_outbox.adapters.store import (OutboxStore, StoreBusy, StoreError, 
                                             make_pool)
 from wordloom_outbox.runtime.worker import LoopHooks, Worker
 
-from .helpers import produce, status_counts
+from wordloom_outbox.testing.db import produce, status_counts
 
 LOCK_TIMEOUT = 0.5
 STATEMENT_TIMEOUT = 1.0

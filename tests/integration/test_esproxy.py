@@ -1,4 +1,4 @@
-"""The lab proxy (wordloom_outbox.labs.esproxy) in front of a real osmem-server, driven by the
+"""The lab proxy (wordloom_outbox.testing.esproxy) in front of a real osmem-server, driven by the
 official elasticsearch 8.x client over real sockets: media-type rewriting and every fault mode."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import elasticsearch
 import pytest
 from osmem_server import OsmemServer
 
-from wordloom_outbox.labs.esproxy import EsProxy, clear_fault, get_fault, set_fault
+from wordloom_outbox.testing.esproxy import EsProxy, clear_fault, get_fault, set_fault
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -270,7 +270,7 @@ def test_runs_as_a_subprocess_and_exits_0_on_sigterm(osmem):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                                      os.environ.get("PYTHONPATH")]))}
     process = subprocess.Popen(
-        [sys.executable, "-m", "wordloom_outbox.labs.esproxy", "--upstream", osmem.url,
+        [sys.executable, "-m", "wordloom_outbox.testing.esproxy", "--upstream", osmem.url,
          "--parent-pid", str(os.getpid())],
         stdout=subprocess.PIPE, env=env, text=True)
     try:

@@ -12,7 +12,7 @@ from wordloom_outbox.domain.events import Decision, Status
 from wordloom_outbox.ops.migrate import migrate
 
 from ..conftest import ROOT, V3_SCHEMA, conn_url
-from .helpers import produce
+from wordloom_outbox.testing.db import produce
 
 DROP = (ROOT / "sql" / "optional" / "drop_legacy_v3_outbox_indexes.sql").read_text()
 LEGACY = {"idx_search_outbox_processed", "ix_search_outbox_events_event_version",

@@ -27,7 +27,8 @@ from wordloom_outbox.adapters.store import named_sql
 from wordloom_outbox.ops.purge import parse_retention, purge
 
 from ..conftest import cli_cmd, subprocess_env
-from .helpers import produce, run_on_terminal
+from wordloom_outbox.testing.db import produce
+from wordloom_outbox.testing.service import run_on_terminal
 
 INDEX = "ix_search_outbox_done_finished"
 

@@ -31,7 +31,7 @@ from wordloom_outbox.ops.verify import verify
 from wordloom_outbox.producer import delete_document, upsert_document
 from wordloom_outbox.runtime.worker import Worker
 
-from .helpers import status_counts
+from wordloom_outbox.testing.db import status_counts
 
 
 def drain(settings):
@@ -253,7 +253,7 @@ def test_cli_progress_on_a_terminal_json_and_refusal(deployed, settings, db_url,
     from wordloom_outbox import exitcodes
 
     from ..conftest import cli_cmd, subprocess_env
-    from .helpers import run_on_terminal
+    from wordloom_outbox.testing.service import run_on_terminal
     env = subprocess_env({"DATABASE_URL": db_url, "ELASTIC_URL": settings.elastic_url,
                           "ELASTIC_INDEX": settings.elastic_index, "WORDLOOM_ENV": "test"})
     proc, shown = run_on_terminal(cli_cmd("rebuild", "--grace-seconds", "0", "--bulk-rows", "9"),

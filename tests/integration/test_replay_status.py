@@ -37,7 +37,7 @@ from wordloom_outbox.ops.replay import CHUNK, ReplayRefused, replay_failed
 from wordloom_outbox.ops.status import render_table, status_snapshot
 
 from ..conftest import ROOT, cli_cmd, subprocess_env
-from .helpers import produce
+from wordloom_outbox.testing.db import produce
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
 WRAPPER = ROOT / "bin" / "outbox-replay"

@@ -20,7 +20,7 @@ import pytest
 
 from wordloom_outbox import exitcodes
 from wordloom_outbox.adapters.sink import EsSink, default_index_body
-from wordloom_outbox.labs.embedded import free_port
+from wordloom_outbox.testing.embedded import free_port
 from wordloom_outbox.producer import upsert_document
 from wordloom_outbox.runtime.worker import Worker
 from wordloom_outbox.search import Searcher, SearchError, build_query

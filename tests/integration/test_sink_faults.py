@@ -17,7 +17,7 @@ from wordloom_outbox.runtime import batch as batch_mod
 from wordloom_outbox.runtime.batch import BatchProcessor, StopRequest
 from wordloom_outbox.runtime.worker import Worker
 
-from .helpers import delete_document, events, produce, status_counts, upsert_document
+from wordloom_outbox.testing.db import delete_document, events, produce, status_counts, upsert_document
 
 LABELS = {"component": "worker", "projection": "search_index_to_elastic"}
 HTML = "<html><head><title>400 Bad Request</title></head><body><h1>400</h1>nginx</body></html>"

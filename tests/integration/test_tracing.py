@@ -22,7 +22,7 @@ from wordloom_outbox.runtime.worker import Worker
 from wordloom_outbox.settings import ConfigError
 
 from ..conftest import cli_cmd, subprocess_env
-from .helpers import delete_document, events, produce, status_counts, upsert_document
+from wordloom_outbox.testing.db import delete_document, events, produce, status_counts, upsert_document
 
 
 @pytest.fixture

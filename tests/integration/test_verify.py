@@ -27,7 +27,8 @@ from wordloom_outbox.ops.verify import Repairer, verify
 from wordloom_outbox.runtime.worker import Worker
 
 from ..conftest import cli_cmd, subprocess_env
-from .helpers import run_on_terminal, upsert_document
+from wordloom_outbox.testing.db import upsert_document
+from wordloom_outbox.testing.service import run_on_terminal
 
 TYPES = ("block", "book", "tag")
 

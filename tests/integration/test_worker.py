@@ -15,10 +15,10 @@ from wordloom_outbox.adapters.store import OutboxStore, make_pool
 from wordloom_outbox.ops.seed import generated_texts, seed
 from wordloom_outbox.ops.verify import verify
 from wordloom_outbox.runtime.batch import BatchProcessor
-from wordloom_outbox.labs.service import wait_for
+from wordloom_outbox.testing.service import wait_for
 from wordloom_outbox.runtime.worker import Worker
 
-from .helpers import emit_event, events, produce, status_counts, upsert_document
+from wordloom_outbox.testing.db import emit_event, events, produce, status_counts, upsert_document
 
 LABELS = {"component": "worker", "projection": "search_index_to_elastic"}
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from .embedded import EmbeddedPostgres, Osmem, ProxyProcess
+from ..testing.embedded import EmbeddedPostgres, Osmem, ProxyProcess
 
 
 def cli(env: dict, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
@@ -34,7 +34,7 @@ def drain(env: dict, workers: int, timeout: float = 3600.0) -> None:
     event is pending or processing, then SIGTERM it and require exit 0."""
     import psycopg
     import tempfile
-    from .embedded import free_port
+    from ..testing.embedded import free_port
     import shutil
     mp_dir = tempfile.mkdtemp(prefix="wordloom-demo-metrics-")
     senv = dict(env, OUTBOX_HTTP_PORT=str(free_port()), OUTBOX_METRICS_PORT=str(free_port()),

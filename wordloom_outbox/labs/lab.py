@@ -23,9 +23,10 @@ from typing import Any, Callable
 
 import psycopg
 
-from .embedded import EmbeddedPostgres, Osmem
-from .esproxy import EsProxy
-from .service import ServiceProc, metric_sum, wait_for
+from ..testing.embedded import EmbeddedPostgres, Osmem
+from ..testing.esproxy import EsProxy
+from ..testing import db
+from ..testing.service import ServiceProc, clean_env, metric_sum, wait_for
 
 BASE_ENV = {
     "WORDLOOM_ENV": "test",
@@ -109,12 +110,8 @@ class Scenario:
         migrate(self.db_url, "test", echo=lambda *_: None)
         self.proxy = EsProxy(self.lab.osmem.url).start()
         self.index = f"drill-{self.name}-{uuid.uuid4().hex[:6]}"
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("OUTBOX_", "ELASTIC_", "PROMETHEUS_", "DATABASE_URL"))}
-        self.env.update(BASE_ENV, DATABASE_URL=self.db_url, ELASTIC_URL=self.proxy.url,
-                        ELASTIC_INDEX=self.index)
-        root = str(Path(__file__).resolve().parents[2])
-        self.env["PYTHONPATH"] = root + os.pathsep + self.env.get("PYTHONPATH", "")
+        self.env = clean_env({**BASE_ENV, "DATABASE_URL": self.db_url,
+                              "ELASTIC_URL": self.proxy.url, "ELASTIC_INDEX": self.index})
         (self.dir / "recipe.md").write_text(
             f"# {self.name}\n\n{_dedent(recipe)}\n\n## Settings\n\n"
             + "".join(f"- `{k}={v}`\n" for k, v in sorted(self.env.items())
@@ -147,30 +144,20 @@ class Scenario:
         return svc
 
     def produce(self, n: int, text: str = "drill text {i}") -> list[uuid.UUID]:
-        from ..producer import upsert_document
-        ids = [uuid.uuid4() for _ in range(n)]
-        with psycopg.connect(self.db_url) as conn, conn.pipeline():
-            for i, eid in enumerate(ids):
-                upsert_document(conn, "block", eid, text.format(i=i), snippet=f"s{i}", rank_score=0.5)
-        return ids
+        return db.produce(self.db_url, n, text=text)
 
     def sql(self, query: str, params=()) -> list[tuple]:
-        with psycopg.connect(self.db_url, autocommit=True) as conn:
-            cur = conn.execute(query, params)
-            return cur.fetchall() if cur.description else []
+        return db.sql(self.db_url, query, params)
 
     def counts(self) -> dict[str, int]:
-        return dict(self.sql("SELECT status, count(*) FROM search_outbox_events GROUP BY 1"))
+        return db.status_counts(self.db_url)
 
     def wait(self, cond, timeout: float, what: str):
         return wait_for(cond, timeout, what)
 
     def wait_drained(self, timeout: float = 120) -> float:
         """Seconds until no event is pending or processing."""
-        t0 = time.monotonic()
-        wait_for(lambda: not self.sql("SELECT 1 FROM search_outbox_events WHERE status IN "
-                                      "('pending', 'processing') LIMIT 1"), timeout, "drained")
-        return time.monotonic() - t0
+        return db.wait_drained(self.db_url, timeout)
 
     def check(self, name: str, ok: bool, observed: Any, expected: Any = None) -> bool:
         self.checks.append(Check(name, bool(ok), observed, expected))
