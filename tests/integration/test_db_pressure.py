@@ -18,18 +18,11 @@ from wordloom_outbox.adapters.store import (OutboxStore, StoreBusy, StoreError, 
                                             make_pool)
 from wordloom_outbox.runtime.worker import LoopHooks, Worker
 
+from wordloom_outbox.testing.service import wait_for
 from wordloom_outbox.testing.db import produce, status_counts
 
 LOCK_TIMEOUT = 0.5
 STATEMENT_TIMEOUT = 1.0
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
