@@ -23,12 +23,19 @@ class TextFormatter(logging.Formatter):
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         ctx = " ".join(f"{k}={getattr(record, k)}" for k in CONTEXT_FIELDS
                        if getattr(record, k, None) is not None)
-        line = f"{ts}.{int(record.msecs):03d}Z {record.levelname} {record.name} {record.getMessage()}"
+        # a message with line breaks (libpq's "...\n\tIs the server running", an entity_type
+        # or ES error text with a newline) stays on its line: nothing can forge a log line
+        msg = _one_line(record.getMessage())
+        line = f"{ts}.{int(record.msecs):03d}Z {record.levelname} {record.name} {msg}"
         if ctx:
             line += f" [{ctx}]"
         if record.exc_info:
-            line += " | " + self.formatException(record.exc_info).replace("\n", " | ")
+            line += " | " + _one_line(self.formatException(record.exc_info))
         return scrub_known(line)
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", " | ")
 
 
 class JsonFormatter(logging.Formatter):
