@@ -33,7 +33,8 @@ def loop(url: str, batch: int, out) -> None:
         while True:
             token = uuid.uuid4()
             rows = conn.execute(claim, dict(limit=batch, owner=owner, token=token, lease=60.0,
-                                            max_processing=600.0, max_attempts=10)).fetchall()
+                                            max_processing=600.0, max_attempts=10,
+                                            suspects=True)).fetchall()
             if not rows:
                 break
             conn.execute(ACK, dict(ids=[r[0] for r in rows], token=token))

@@ -32,7 +32,7 @@ HOT_ROWS = 1_000
 MAX_BUFFERS_PER_CLAIMED_ROW = 24      # whole plan; observed ~16 (find, lock, update, index entries)
 MAX_FIND_BUFFERS_PER_CLAIMED_ROW = 12  # scans, locks, the join back by primary key; observed ~8
 CLAIM_PARAMS = {"limit": BATCH, "owner": "explain", "lease": 30.0, "max_processing": 600.0,
-                "max_attempts": 10}
+                "max_attempts": 10, "suspects": True}
 
 
 def walk(node: dict):

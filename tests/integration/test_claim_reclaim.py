@@ -127,3 +127,35 @@ def test_batch_processor_counts_expired_reclaims(outbox_db, db_url, settings):
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM search_outbox_events WHERE status = 'failed'"
                             ).fetchone()[0] == 2
+
+
+def test_a_queue_of_suspects_does_not_hold_fresh_events_back(outbox_db, db_url, settings):
+    """Every event held by a service that crashed twice in a row is a suspect: they are claimed
+    one at a time, but every other claim of a child leaves them aside for fresh events."""
+    conn = outbox_db
+    suspects = add(conn, 4, status="processing", reclaims=1)
+    fresh = add(conn, 3)
+    pool = make_pool(db_url)
+    claims = []
+    try:
+        store = OutboxStore(pool)
+        record = store.claim
+
+        def claim_and_record(*args, **kwargs):
+            c = record(*args, **kwargs)
+            claims.append(([e.id for e in c.events], kwargs.get("suspects")))
+            return c
+        store.claim = claim_and_record
+        processor = BatchProcessor(store, NoSink(), settings.replace(bulk_size=10))
+        for _ in range(5):
+            processor._claim(10)  # the claim step of run_once (nothing is sent here)
+    finally:
+        pool.close()
+    taken = [ids for ids, _ in claims]
+    # suspect alone, then the fresh batch, then the suspects one by one (the claims that leave
+    # them aside find nothing else and claim a suspect at once)
+    assert taken[0] in [[s] for s in suspects] and claims[0][1] is True
+    assert taken[1] == fresh and claims[1][1] is False
+    singles = [ids for ids in taken[2:] if len(ids) == 1]
+    assert sorted(i for ids in singles for i in ids) == sorted(set(suspects) - set(taken[0]))
+    assert all(len(ids) <= 1 for ids in taken[2:])

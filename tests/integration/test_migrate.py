@@ -86,7 +86,7 @@ def claim(conn, limit: int = 100, max_attempts: int = 10) -> list[dict]:
     while True:
         batch = cur.execute(named_sql("claim"), {
             "limit": limit, "owner": "test-claimer", "token": uuid.uuid4(), "lease": 30.0,
-            "max_processing": 600.0, "max_attempts": max_attempts}).fetchall()
+            "max_processing": 600.0, "max_attempts": max_attempts, "suspects": True}).fetchall()
         conn.commit()
         if not batch:
             return found

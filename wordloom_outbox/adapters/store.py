@@ -114,6 +114,12 @@ class Claim:
     expired: list[OutboxEvent]
 
     @property
+    def suspect(self) -> bool:
+        """True when this claim took a poison suspect alone (reclaimed a second time or more)."""
+        rows = self.events + self.expired
+        return len(rows) == 1 and rows[0].reclaimed and rows[0].reclaims >= 2
+
+    @property
     def reclaimed(self) -> int:
         return sum(1 for e in self.events if e.reclaimed) + len(self.expired)
 
@@ -203,13 +209,15 @@ class OutboxStore:
             raise classify_db_error(exc) from exc
 
     def claim(self, owner: str, limit: int, lease_seconds: float, max_processing_seconds: float,
-              max_attempts: int) -> Claim:
-        """Claim up to ``limit`` events under a new lease token for ``lease_seconds``."""
+              max_attempts: int, suspects: bool = True) -> Claim:
+        """Claim up to ``limit`` events under a new lease token for ``lease_seconds``: a poison
+        suspect alone (unless ``suspects`` is False), else stuck and due pending events
+        (``adapters/sql/claim.sql``)."""
         token = uuid.uuid4()
         rows = self._execute(named_sql("claim"), dict(
             limit=limit, owner=owner, token=token, lease=float(lease_seconds),
-            max_processing=float(max_processing_seconds), max_attempts=max_attempts),
-            dicts=True)
+            max_processing=float(max_processing_seconds), max_attempts=max_attempts,
+            suspects=bool(suspects)), dicts=True)
         rows.sort(key=lambda r: r["seq"])
         events, expired = [], []
         for r in rows:

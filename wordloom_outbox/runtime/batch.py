@@ -113,8 +113,25 @@ class BatchProcessor:
         self.rng = rng or random.Random()
         self.clock = clock
         self.refusal_streak = 0  # bulk requests in a row in which the sink refused
+        self._after_suspect = False  # the last claim took a poison suspect alone
         self._episode: collections.Counter = collections.Counter()  # refusals this episode
         self._index_wide: set[str] = set()  # errors found to be about the index this episode
+
+    def _claim(self, limit: int):
+        """After a claim that took a poison suspect alone, the next claim leaves suspects aside
+        (fresh and stuck events are not held behind a queue of suspects); when that finds
+        nothing, suspects are claimed at once (docs/DESIGN.md, "Claim and reclaim")."""
+        s = self.settings
+        args = (s.worker_id, limit, s.lease_seconds, s.max_processing_seconds, s.max_attempts)
+        claim = None
+        if self._after_suspect:
+            claim = self.store.claim(*args, suspects=False)
+            if not claim.events and not claim.expired:
+                claim = None
+        if claim is None:
+            claim = self.store.claim(*args, suspects=True)
+        self._after_suspect = claim.suspect
+        return claim
 
     def run_once(self, limit: int | None = None) -> BatchResult:
         """Claim and process one batch of at most ``limit`` (default ``OUTBOX_BULK_SIZE``) events.
@@ -125,8 +142,7 @@ class BatchProcessor:
         """
         s = self.settings
         started = self.clock()
-        claim = self.store.claim(s.worker_id, limit or s.bulk_size, s.lease_seconds,
-                                 s.max_processing_seconds, s.max_attempts)
+        claim = self._claim(limit or s.bulk_size)
         result = BatchResult(claimed=len(claim.events), reclaimed=claim.reclaimed)
         if claim.reclaimed:
             m.base(m.reclaimed_total).inc(claim.reclaimed)

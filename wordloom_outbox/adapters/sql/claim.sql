@@ -5,7 +5,10 @@
 -- them alternately (oldest stuck, oldest pending, ...), so events produced during a crash
 -- recovery are never held back behind the reclaim. A poison suspect, a stuck event that was
 -- reclaimed before (reclaims > 0), is claimed ALONE: it may crash whoever holds it, so it must
--- not take a batch of innocent events down with it again. A reclaim counts an attempt and a
+-- not take a batch of innocent events down with it again. With `suspects` false a claim leaves
+-- suspects alone: the worker alternates (runtime/batch.py), so fresh events are not held behind
+-- a queue of suspects either (every event held by a service that crashed twice in a row). A
+-- reclaim counts an attempt and a
 -- reclaim, and is terminal 'lease_expired' at the attempt limit (such rows come back with
 -- status 'failed'; the caller loops at once when that was all a claim did).
 --
@@ -21,6 +24,7 @@ WITH suspect AS (
        AND (lease_until < now()
             OR processing_started_at < now() - make_interval(secs => %(max_processing)s))
        AND reclaims > 0
+       AND %(suspects)s::bool
      ORDER BY lease_until
      LIMIT 1
        FOR UPDATE SKIP LOCKED
