@@ -238,6 +238,23 @@ def test_a_rejected_row_is_reported_and_the_rest_switches(deployed, settings, db
     assert projection_status(db_url)["last_rebuild_success"] is False
 
 
+def test_a_row_with_a_timestamp_python_cannot_hold_is_rejected_alone(deployed, settings, db_url,
+                                                                     es):
+    """Before: `rebuild: failed: timestamp too large (after year 10K)`, exit 75 at every try."""
+    alias = settings.elastic_index
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE search_index SET created_at = 'infinity' WHERE entity_id = %s",
+                     (deployed[7],))
+        conn.execute("UPDATE search_index SET updated_at = '0044-03-15 BC' WHERE entity_id = %s",
+                     (deployed[8],))
+    report = rebuild(db_url, es, alias, RebuildOptions(grace_seconds=0))
+    assert report.rejected_count == 2 and report.loaded == 58
+    rejected = " ".join(report.rejected)
+    assert str(deployed[7]) in rejected and "created_at infinity" in rejected
+    assert str(deployed[8]) in rejected and "updated_at " in rejected
+    assert alias_targets(es, alias)[0] == [report.new_index]
+
+
 def test_a_second_rebuild_at_the_same_time_is_refused(deployed, settings, db_url, es):
     with psycopg.connect(db_url, autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))

@@ -55,8 +55,6 @@ log = logging.getLogger("wordloom_outbox.rebuild")
 
 PROJECTION = "search_index_to_elastic"
 LOCK_KEY = 0x776C5F7265627531  # pg advisory lock: one rebuild per database ("wl_rebu1")
-ROW_FIELDS = ("entity_type", "entity_id", "library_id", "text", "snippet", "rank_score",
-              "event_version", "created_at", "updated_at")
 SAMPLE = 20
 RETRY_STATUSES = (429, 502, 503, 504)
 
@@ -295,7 +293,9 @@ def _add_row(bulker: _Bulker, index: str, row: dict) -> None:
 def _rows(conn: psycopg.Connection, itersize: int) -> Iterator[dict]:
     with conn.cursor(name="rebuild_rows", row_factory=psycopg.rows.dict_row) as cur:
         cur.itersize = itersize
-        cur.execute(f"SELECT {', '.join(ROW_FIELDS)} FROM search_index")
+        # the worker's columns and timestamp guard (docs/DESIGN.md, "Rows that cannot become
+        # documents"): one row with an infinite timestamp must not fail the whole load
+        cur.execute(named_sql("load_all_rows"))
         yield from cur
 
 
