@@ -325,3 +325,25 @@ def test_es_that_keeps_refusing_fails_the_rebuild_cleanly(deployed, settings, db
     assert [n for n in es.indices.get(index=f"{alias}-*").body if is_physical_of(alias, n)] == []
     status = projection_status(db_url)
     assert status["last_rebuild_success"] is False and "503" in status["last_rebuild_error"]
+
+
+@pytest.mark.parametrize("text,content_type", [
+    ("<html><body>Down for maintenance</body></html>", "text/html"),
+    ('{"took": 1, "errors": false, "items": []}', "application/json"),
+])
+def test_a_2xx_that_is_not_a_bulk_answer_fails_the_rebuild_before_the_switch(
+        deployed, settings, db_url, es, es_proxy, text, content_type):
+    """Before: `'str' object has no attribute 'get'` for the page; for the JSON, documents
+    neither loaded nor rejected and the alias moved to an index missing them."""
+    alias = settings.elastic_index
+    es.info()  # the client has seen Elasticsearch: it checks the product header no more
+    es_proxy.set_fault("status", status=200, text=text, content_type=content_type,
+                       path_contains="_bulk")
+    try:
+        with pytest.raises(RebuildError) as failed:
+            rebuild(db_url, es, alias, RebuildOptions(grace_seconds=0))
+    finally:
+        es_proxy.clear_fault()
+    assert "ES answered a bulk of 60 documents with" in str(failed.value)
+    assert alias_targets(es, alias) == ([alias], True)
+    assert projection_status(db_url)["last_rebuild_success"] is False

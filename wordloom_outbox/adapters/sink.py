@@ -84,7 +84,7 @@ def to_failure(exc: BaseException) -> SinkFailure:
     return SinkFailure("other", 0, f"{type(exc).__name__}: {exc}")
 
 
-def _bulk_items(body: Any) -> list[tuple[str, dict]] | None:
+def bulk_items(body: Any) -> list[tuple[str, dict]] | None:
     """``[(action, item), ...]`` of a ``_bulk`` answer, or None when ``body`` is not one (not
     an object, no ``items`` list, an entry that is not one action mapped to its item)."""
     entries = body.get("items") if isinstance(body, dict) else None
@@ -118,7 +118,7 @@ class EsSink:
         except Exception as exc:  # every client error is classified, none escapes raw
             raise SinkError(to_failure(exc)) from exc
         elapsed = time.monotonic() - started
-        items = _bulk_items(resp.body)
+        items = bulk_items(resp.body)
         if items is None:
             # a 2xx that is not a bulk answer (a load balancer's maintenance page, a proxy's
             # JSON): the path to ES is broken, nothing was decided; classified like a proxy page

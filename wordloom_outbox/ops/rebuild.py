@@ -47,7 +47,7 @@ import elasticsearch
 import psycopg
 import tenacity
 
-from ..adapters.sink import default_index_body
+from ..adapters.sink import bulk_items, default_index_body
 from ..adapters.store import named_sql
 from ..domain.documents import DocumentError, action_line, source_line
 
@@ -238,8 +238,15 @@ class _Bulker:
             body = [ln for i in pending for ln in lines[line_of[i][0]:line_of[i][1]]]
             resp = _retrying(self.opts)(self.es.bulk, operations=body, refresh=False)
             retry = []
-            for i, entry in zip(pending, resp.body.get("items", [])):
-                (_, item), = entry.items()
+            items = bulk_items(resp.body)
+            if items is None or len(items) != len(pending):
+                # a load balancer's page, or an answer that would leave documents unaccounted
+                # for: stop before the alias moves to an index missing them
+                shown = resp.body if isinstance(resp.body, str) else repr(resp.body)
+                raise RebuildError(f"ES answered a bulk of {len(pending)} documents with "
+                                   f"{'no bulk answer' if items is None else f'{len(items)} items'}"
+                                   f" (HTTP {resp.meta.status}): {shown[:300]}")
+            for i, (_, item) in zip(pending, items):
                 status = item.get("status", 0)
                 if status < 300 or (status == 404 and item.get("result") == "not_found"):
                     self.applied += 1
