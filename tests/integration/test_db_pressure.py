@@ -45,11 +45,13 @@ class RunningWorker:
 
     def __init__(self, settings):
         self.beats: list[float] = []
+        self.facts: list[tuple[str, bool, str]] = []  # what the parent's readiness would show
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.worker = Worker(settings, hooks=LoopHooks(
             heartbeat=lambda progress: self.beats.append(time.monotonic()),
-            should_stop=self.stop.is_set))
+            should_stop=self.stop.is_set,
+            fact=lambda name, ok, reason="": self.facts.append((name, ok, reason))))
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
@@ -105,6 +107,9 @@ def test_ddl_lock_is_a_busy_store_then_a_logged_retry_not_a_hung_worker(
                      "three logged lock timeouts")
             silence = w.longest_silence(since)
             assert w.thread.is_alive() and w.error is None
+            # readiness names the pressure, not an unreachable database
+            assert any(name == "db" and not ok and reason.startswith("database busy (lock_timeout)")
+                       for name, ok, reason in w.facts), w.facts[-3:]
             ddl.rollback()  # the DDL ends
             wait_for(lambda: status_counts(db_url) == {"done": 20}, 60, "drained after the lock")
     # each statement gave up at lock_timeout; heartbeats kept coming in between
@@ -169,6 +174,8 @@ def test_read_only_server_is_classified_and_waited_out_on_fresh_connections(
         with RunningWorker(pressure_settings) as w:
             wait_for(lambda: len(records(caplog, "read-only")) >= 2, 30, "two read-only retries")
             assert w.thread.is_alive() and w.error is None
+            assert any(name == "db" and not ok and reason.startswith("database read-only")
+                       for name, ok, reason in w.facts), w.facts[-3:]
             # the primary is back: sessions opened from now on can write; the worker's
             # read-only sessions were discarded, so it reconnects and drains
             outbox_db.execute(f'ALTER DATABASE "{dbname}" RESET default_transaction_read_only')

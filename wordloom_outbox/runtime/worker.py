@@ -20,8 +20,8 @@ import psycopg
 from ..adapters import metrics as m
 from ..adapters import tracing
 from ..adapters.sink import EsSink, SinkError
-from ..adapters.store import (KEEPALIVES, OutboxStore, StoreError, StoreUnavailable,
-                              application_name, make_pool, session_options)
+from ..adapters.store import (KEEPALIVES, OutboxStore, StoreBusy, StoreError, StoreReadOnly,
+                              StoreUnavailable, application_name, make_pool, session_options)
 from ..domain.classify import Kind, classify_failure
 from ..domain.retry import equal_jitter_backoff, full_jitter_backoff
 from ..settings import Settings
@@ -36,9 +36,14 @@ DB_GAUGE_INTERVAL = 5.0  # seconds between database gauge refreshes when run alo
 
 
 def db_reason(settings: Settings, exc: Exception) -> str:
-    """The readiness reason for a database failure, scrubbed of the URL's secrets."""
-    text = str(exc).strip().removeprefix("database unavailable:").strip()
-    return f"database unreachable: {settings.scrub(text)}"
+    """The readiness reason for a database failure, scrubbed of the URL's secrets: ``database
+    unreachable: ...`` for an outage, the store's own words for pressure or an error
+    (``database busy (lock_timeout): ...``, ``database read-only: ...``, ``database error:
+    ...``), which already name their class and SQLSTATE."""
+    text = str(exc).strip()
+    if isinstance(exc, (StoreBusy, StoreReadOnly, StoreError)):
+        return settings.scrub(text)
+    return f"database unreachable: {settings.scrub(text.removeprefix('database unavailable:').strip())}"
 
 
 def sink_reason(settings: Settings, failure) -> str:
@@ -168,6 +173,7 @@ class Worker:
                                             self.rng) + 0.1
                 log.error("%s; retrying in %.1fs", s.scrub(str(exc)), delay,
                           extra={"worker_id": s.worker_id})
+                self.hooks.fact("db", False, db_reason(s, exc))
                 self.hooks.heartbeat(False)
                 self._sleep(delay)
                 continue
