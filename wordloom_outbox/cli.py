@@ -181,14 +181,14 @@ def run_foreground_worker(settings: Settings, *, once: bool, until_drained: bool
             check_once(settings)
         elif not wait_until_bootable(
                 settings, should_stop=lambda: stop.asked, sleep=sleep,
-                on_wait=lambda why, s: click.echo(f"work: {why}; next boot check in {s:.1f}s",
-                                                  err=True)):
+                on_wait=lambda why, s: click.echo(
+                    f"work: {why.detail}; next boot check in {s:.1f}s", err=True)):
             return exitcodes.OK
     except BootRefused as exc:
         click.echo(f"work: {exc.reason}", err=True)
         return exc.code
     except DatabaseUnreachable as exc:
-        click.echo(f"work: {exc} ({settings.redacted_database_url()})", err=True)
+        click.echo(f"work: {exc.detail} ({settings.redacted_database_url()})", err=True)
         return exitcodes.TEMPFAIL
     sink = EsSink(settings)
     worker = Worker(settings, sink=sink, publish_db_gauges=True,

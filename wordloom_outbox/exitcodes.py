@@ -46,6 +46,7 @@ EXCEPTION_CODES: tuple[tuple[str, str, int, str], ...] = (
     ("psycopg", "OperationalError", TEMPFAIL, "database unreachable"),
     ("wordloom_outbox.adapters.store", "StoreUnavailable", TEMPFAIL, "database unreachable"),
     ("psycopg", "Error", TEMPFAIL, "database error"),
+    ("wordloom_outbox.adapters.store", "StoreError", TEMPFAIL, "database error"),
     ("elastic_transport", "TransportError", TEMPFAIL, "elasticsearch unreachable"),
     ("wordloom_outbox.adapters.sink", "SinkError", TEMPFAIL, "elasticsearch unreachable"),
     ("elasticsearch", "ApiError", TEMPFAIL, "elasticsearch refused"),

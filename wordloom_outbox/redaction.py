@@ -7,7 +7,8 @@
   (``runtime/logs.py``) pass every line through it, tracebacks included, so no exception at
   boot or after a reload can print one.
 * :func:`brief_database_error` turns a driver error into the few words an unauthenticated
-  endpoint (``/readyz``) may show: no host, address, port or user name.
+  endpoint (``/readyz``) may show: no host, address, port or user name;
+  :func:`without_addresses` does the same to any other text (an ES client's error).
 """
 
 from __future__ import annotations
@@ -124,3 +125,22 @@ def brief_database_error(exc: BaseException | str) -> str:
             return f"database unreachable ({cause})"
     name = type(exc).__name__ if isinstance(exc, BaseException) else "error"
     return f"database unreachable ({name})"
+
+
+_URL = re.compile(r"\b[A-Za-z][\w+.-]*://[^\s'\"<>)]+")
+_IPV6 = re.compile(r"\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\](?::\d+)?")
+_IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b")
+_HOST_PORT = re.compile(r"\b(?:host|hostaddr|port|user|dbname)\s*=\s*('[^']*'|\S+)", re.I)
+_QUOTED_AFTER = re.compile(r"\b(user|role|host|database|server at)\s+\"[^\"]*\"", re.I)
+
+
+def without_addresses(text: str) -> str:
+    """``text`` without URLs, IP addresses (and ports), ``host=``-style parameters and quoted
+    user, role, host or database names: what an unauthenticated endpoint may repeat of an
+    error message."""
+    text = scrub_known(text)
+    text = _URL.sub("<url>", text)
+    text = _IPV6.sub("<address>", text)
+    text = _IPV4.sub("<address>", text)
+    text = _HOST_PORT.sub(lambda m: m.group(0).split("=")[0] + "=<hidden>", text)
+    return _QUOTED_AFTER.sub(lambda m: f"{m.group(1)} <hidden>", text)

@@ -8,7 +8,8 @@ import logging
 
 import pytest
 
-from wordloom_outbox.redaction import brief_database_error, remember_url, scrub_known, url_secrets
+from wordloom_outbox.redaction import (brief_database_error, remember_url, scrub_known,
+                                      url_secrets, without_addresses)
 from wordloom_outbox.runtime.logs import JsonFormatter, TextFormatter
 from wordloom_outbox.settings import load_settings
 
@@ -66,3 +67,26 @@ def test_brief_database_error_names_the_cause_only(message, cause):
     assert brief == f"database unreachable ({cause})"
     for leak in ("10.1.2.3", "10.9.9.9", "db.internal", "svc_admin", "wordloom_prod", "5432", "bob"):
         assert leak not in brief
+
+
+def test_without_addresses_keeps_the_cause_and_drops_where():
+    text = ('ConnectionError(Connection error caused by: NewConnectionError(Failed to connect to '
+            'http://elastic:pw@10.2.3.4:9200/_bulk at [fe80::1]:9200, host=db.internal port=5432 '
+            'user "svc_admin" database "wordloom_prod": [Errno 111] Connection refused))')
+    out = without_addresses(text)
+    assert "Connection refused" in out and "ConnectionError" in out
+    for leak in ("10.2.3.4", "fe80::1", "elastic:pw", "db.internal", "5432", "svc_admin",
+                 "wordloom_prod", "9200"):
+        assert leak not in out, (leak, out)
+
+
+def test_readiness_reasons_of_the_worker_and_the_boot_check_are_brief():
+    import psycopg
+    from wordloom_outbox.runtime.boot import DatabaseUnreachable
+    from wordloom_outbox.runtime.worker import db_reason
+    settings = load_settings({"DATABASE_URL": f"postgresql://svc:{PW}@10.1.2.3:5432/x_test"})
+    exc = psycopg.OperationalError('connection to server at "10.1.2.3", port 5432 failed: '
+                                   'Connection refused')
+    assert db_reason(settings, exc) == "database unreachable (connection refused)"
+    boot = DatabaseUnreachable(brief_database_error(exc), "database unreachable: detail")
+    assert str(boot) == "database unreachable (connection refused)" and boot.detail.endswith("detail")

@@ -18,6 +18,7 @@ import tenacity
 
 from .. import exitcodes
 from ..ops.migrate import SchemaTooOld, check_schema
+from ..redaction import brief_database_error
 from ..settings import Settings
 
 log = logging.getLogger("wordloom_outbox.boot")
@@ -36,7 +37,13 @@ class BootRefused(Exception):
 
 
 class DatabaseUnreachable(Exception):
-    """The database did not answer; ``str()`` is the readiness reason, scrubbed of secrets."""
+    """The database did not answer. ``str()`` is the readiness reason, a fixed phrase per cause
+    (``database unreachable (connection refused)``: /readyz is unauthenticated); ``detail`` is
+    the driver's message scrubbed of secrets, for the log."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.detail = detail or reason
 
 
 def check_once(settings: Settings, connect_timeout: float = 5.0) -> None:
@@ -53,16 +60,18 @@ def check_once(settings: Settings, connect_timeout: float = 5.0) -> None:
         raise BootRefused(exitcodes.CONFIG, f"DATABASE_URL={settings.redacted_database_url()!r} "
                           f"is not valid: {settings.scrub(str(exc).strip())}") from None
     except psycopg.Error as exc:
-        raise DatabaseUnreachable("database unreachable: "
+        raise DatabaseUnreachable(brief_database_error(exc), "database unreachable: "
                                   + settings.scrub(str(exc).strip())[:300]) from None
 
 
-def wait_until_bootable(settings: Settings, *, on_wait: Callable[[str, float], None],
+def wait_until_bootable(settings: Settings, *,
+                        on_wait: Callable[["DatabaseUnreachable", float], None],
                         should_stop: Callable[[], bool] = lambda: False,
                         sleep: Callable[[float], None] = time.sleep,
                         connect_timeout: float = 5.0) -> bool:
     """Try :func:`check_once` until it passes (True) or ``should_stop()`` (False). Before each
-    wait ``on_wait(reason, seconds)`` is called. Raises :class:`BootRefused`."""
+    wait ``on_wait(error, seconds)`` is called: ``str(error)`` is the readiness reason,
+    ``error.detail`` the scrubbed driver message for a log. Raises :class:`BootRefused`."""
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(DatabaseUnreachable),
         # equal jitter: half the exponential wait fixed, half random; capped at BACKOFF_MAX
@@ -71,8 +80,7 @@ def wait_until_bootable(settings: Settings, *, on_wait: Callable[[str, float], N
                                                  max=BACKOFF_MAX / 2)),
         stop=lambda state: should_stop(),
         sleep=sleep,
-        before_sleep=lambda state: on_wait(str(state.outcome.exception()),
-                                           state.upcoming_sleep),
+        before_sleep=lambda state: on_wait(state.outcome.exception(), state.upcoming_sleep),
         reraise=True)
     try:
         retrying(check_once, settings, connect_timeout)
@@ -88,7 +96,8 @@ def parent_check(settings: Settings, connect_timeout: float = 2.0) -> None:
     try:
         check_once(settings, connect_timeout)
     except DatabaseUnreachable as exc:
-        log.warning("%s; starting anyway: the children wait for it, /readyz says 503", exc)
+        log.warning("%s; starting anyway: the children wait for it, /readyz says 503",
+                    exc.detail)
     if settings.shutdown_grace < settings.es_timeout + 2:
         log.warning("OUTBOX_SHUTDOWN_GRACE_SECONDS=%g is shorter than one ES request (%g s) "
                     "plus an ack: a drain may have to kill children holding a batch",

@@ -58,9 +58,9 @@ def child_main(settings: Settings, slot: int, fd: int, parent_pid: int,
             time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
             hb.beat()
 
-    def on_wait(reason: str, seconds: float) -> None:
-        hb.fact("db", False, reason)
-        log.warning("%s; next boot check in %.1fs", reason, seconds, extra=ctx)
+    def on_wait(error, seconds: float) -> None:
+        hb.fact("db", False, str(error))  # a fixed phrase: /readyz is unauthenticated
+        log.warning("%s; next boot check in %.1fs", error.detail, seconds, extra=ctx)
 
     try:
         # a connection attempt must not outlast the heartbeat timeout

@@ -24,6 +24,7 @@ from ..adapters.store import (KEEPALIVES, OutboxStore, StoreBusy, StoreError, St
                               StoreUnavailable, application_name, make_pool, session_options)
 from ..domain.classify import Kind, classify_failure
 from ..domain.retry import equal_jitter_backoff, full_jitter_backoff
+from ..redaction import brief_database_error, without_addresses
 from ..settings import Settings
 from .batch import BatchProcessor, BatchResult, StopRequest
 
@@ -36,20 +37,22 @@ DB_GAUGE_INTERVAL = 5.0  # seconds between database gauge refreshes when run alo
 
 
 def db_reason(settings: Settings, exc: Exception) -> str:
-    """The readiness reason for a database failure, scrubbed of the URL's secrets: ``database
-    unreachable: ...`` for an outage, the store's own words for pressure or an error
-    (``database busy (lock_timeout): ...``, ``database read-only: ...``, ``database error:
-    ...``), which already name their class and SQLSTATE."""
-    text = str(exc).strip()
+    """The readiness reason for a database failure. Pressure or an error is named in the
+    store's own words (``database busy (lock_timeout): ...``, ``database read-only: ...``,
+    ``database error: ...``, which name their class and SQLSTATE), an outage by a fixed phrase
+    per cause (``database unreachable (connection refused)``); both without URLs, addresses or
+    quoted names, since /readyz is unauthenticated (the log line of the failure keeps the
+    driver's message, scrubbed). docs/DESIGN.md, "Secrets"."""
     if isinstance(exc, (StoreBusy, StoreReadOnly, StoreError)):
-        return settings.scrub(text)
-    return f"database unreachable: {settings.scrub(text.removeprefix('database unavailable:').strip())}"
+        return without_addresses(settings.scrub(str(exc).strip()))
+    return brief_database_error(exc)
 
 
 def sink_reason(settings: Settings, failure) -> str:
-    """``"<kind> [status]: <text>"`` of a :class:`SinkFailure`, scrubbed of credentials."""
+    """``"<kind> [status]: <text>"`` of a :class:`SinkFailure`, scrubbed of credentials and of
+    URLs and addresses (it ends up in /readyz)."""
     status = f" {failure.status}" if failure.status else ""
-    text = settings.scrub(failure.text())
+    text = without_addresses(settings.scrub(failure.text()))
     detail = f": {text}" if text and text not in ("None", failure.kind) else ""
     return f"{failure.kind}{status}{detail}"[:300]
 
