@@ -293,11 +293,14 @@ def verify(as_json: bool, repair: bool) -> None:
     """
     import contextlib
     from .adapters.sink import make_client
+    from .ops.migrate import check_schema
     from .ops.verify import Repairer, verify as run_verify
     settings = _settings()
     es = make_client(settings, timeout=120)
     with contextlib.ExitStack() as stack:  # database and ES errors: exit codes of OutboxGroup
         conn = stack.enter_context(_connect(settings))
+        check_schema(conn)  # 79 naming what is missing, not 75 "relation does not exist"
+        conn.rollback()
         fixer = Repairer(stack.enter_context(_connect(settings))) if repair else None
         total = conn.execute("SELECT count(*) FROM search_index").fetchone()[0]
         total += es.count(index=settings.elastic_index)["count"]
@@ -535,9 +538,11 @@ def labs_run(scenarios: tuple[str, ...], run_all: bool, out: str, run_id: str | 
               help="Failed rows listed in the sample.")
 def status(as_json: bool, sample: int) -> None:
     """Outbox snapshot: status distribution, failed reasons, backlog, a failed sample."""
+    from .ops.migrate import check_schema
     from .ops.status import render_table, status_snapshot
     settings = _settings()
     with _connect(settings, autocommit=True) as conn:
+        check_schema(conn)  # 79 naming what is missing, not 75 "relation does not exist"
         snapshot = status_snapshot(conn, sample=sample)
     if as_json:
         click.echo(json.dumps(snapshot, default=str))

@@ -36,7 +36,7 @@ from wordloom_outbox import exitcodes
 from wordloom_outbox.ops.replay import CHUNK, ReplayRefused, replay_failed
 from wordloom_outbox.ops.status import render_table, status_snapshot
 
-from ..conftest import ROOT, cli_cmd, subprocess_env
+from ..conftest import ROOT, cli_cmd, conn_url, subprocess_env
 from wordloom_outbox.testing.db import produce
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -600,3 +600,15 @@ def test_cli_status_json_and_table(db_url, known_mix):
     assert re.search(r"^\s+failed\s+4\s*$", table.stdout, re.M), table.stdout
     assert re.search(r"^\s+mapper_parsing\s+2\s", table.stdout, re.M), table.stdout
     assert str(known_mix["failed"][2]) in table.stdout
+
+
+@pytest.mark.parametrize("command", [("status",), ("status", "--json"), ("verify",)])
+def test_status_and_verify_on_an_unmigrated_database_exit_79_naming_what_is_missing(empty_db,
+                                                                                    command):
+    """As replay-failed, purge and rebuild do (before: exit 75 `database error: relation
+    "search_outbox_events" does not exist`, which reads as a passing outage)."""
+    proc = subprocess.run(cli_cmd(*command), env=cli_env(conn_url(empty_db)),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == exitcodes.SCHEMA, proc.stderr
+    assert "older than the code" in proc.stderr and "0001_" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
