@@ -228,11 +228,53 @@ def prepare_multiprocess_dir(path: str, *, private: bool = True) -> None:
         os.close(fd)
 
 
+# Types whose values outlive the process that counted them (a total must not drop when a
+# child dies); the live* gauges of a dead child are simply removed.
+ARCHIVED_TYPES = ("counter", "histogram")
+
+
 def mark_dead(pid: int) -> None:
-    """Remove a dead child's live-gauge files (multiprocess mode only)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    """Forget a dead child (multiprocess mode only): remove its live-gauge files and fold its
+    counter and histogram files into the directory's archive files (``fold_dead_files``)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
         from prometheus_client import multiprocess
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid, directory)
+        fold_dead_files(directory, pid)
+
+
+def fold_dead_files(directory: str, pid: int) -> int:
+    """Add the values of ``<type>_<pid>.db`` (counter, histogram) to ``<type>_archive.db`` key
+    by key and delete the dead process's file; returns the number of files folded.
+
+    Every total stays the same across the fold (a counter neither drops nor jumps), and the
+    directory holds one file per type and live process plus one archive per type, so a scrape
+    reads a bounded number of files however many children came and went (issue 10's
+    ``scrape_ms`` after 1,000 restarts; docs/PERFORMANCE.md). Only the parent calls this, from
+    its single-threaded loop, which is also the only reader (``render``): no file changes under
+    a scrape. A symlink is never followed. Should the parent die between writing the archive
+    and deleting the file, nothing is double counted for long: the next start wipes the
+    directory (``prepare_multiprocess_dir``)."""
+    from prometheus_client.mmap_dict import MmapedDict
+    folded = 0
+    for typ in ARCHIVED_TYPES:
+        path = os.path.join(directory, f"{typ}_{pid}.db")
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                continue
+        except FileNotFoundError:
+            continue
+        values = MmapedDict.read_all_values_from_file(path)
+        archive = MmapedDict(os.path.join(directory, f"{typ}_archive.db"))
+        try:
+            for key, value, timestamp, _ in values:
+                total, _ = archive.read_value(key)
+                archive.write_value(key, total + value, timestamp)
+        finally:
+            archive.close()
+        os.unlink(path)
+        folded += 1
+    return folded
 
 
 def render() -> tuple[bytes, str]:
