@@ -345,16 +345,13 @@ def search(text: str, library_id, limit: int, as_json: bool) -> None:
     With ENABLE_SEARCH_PROJECTION=0 it prints no hits at once without contacting ES
     (`search: hits=0 total=0 disabled`). Exit 75 when ES cannot answer.
     """
-    from .search import SearchError, Searcher
+    from .search import Searcher
     settings = _settings()
     searcher = Searcher(settings)
-    try:
+    try:  # SearchError: exit 75 through OutboxGroup
         result = searcher.search(text, library_id=library_id, limit=limit)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="TEXT") from None
-    except SearchError as exc:
-        click.echo(f"search: {exc}", err=True)
-        sys.exit(exitcodes.TEMPFAIL)
     finally:
         searcher.close()
     if as_json:
@@ -402,8 +399,8 @@ def rebuild(emit_outbox: bool, truncate: bool, grace_seconds: float, bulk_rows: 
     """
     import contextlib
     from .adapters.sink import make_client
-    from .ops.migrate import SchemaTooOld, check_schema
-    from .ops.rebuild import RebuildError, RebuildOptions, RebuildRefused, iter_lines
+    from .ops.migrate import check_schema
+    from .ops.rebuild import RebuildOptions, iter_lines
     from .ops.rebuild import rebuild as run_rebuild
     from .runtime.logs import setup_logging
     settings = _settings()
@@ -412,11 +409,7 @@ def rebuild(emit_outbox: bool, truncate: bool, grace_seconds: float, bulk_rows: 
         import logging
         logging.getLogger("wordloom_outbox.rebuild").setLevel(logging.WARNING)
     with _connect(settings, autocommit=True) as conn:
-        try:
-            check_schema(conn)
-        except SchemaTooOld as exc:
-            click.echo(f"rebuild: {exc}", err=True)
-            sys.exit(exitcodes.SCHEMA)
+        check_schema(conn)
     opts = RebuildOptions(emit_outbox=emit_outbox, truncate=truncate,
                           grace_seconds=grace_seconds, bulk_rows=bulk_rows,
                           bulk_max_bytes=settings.bulk_max_bytes,
@@ -428,19 +421,9 @@ def rebuild(emit_outbox: bool, truncate: bool, grace_seconds: float, bulk_rows: 
         def on_start(total: int) -> None:
             box["update"] = _progress(stack, "enqueueing" if emit_outbox else "loading", total)
 
-        try:
+        try:  # RebuildRefused, RebuildError, database and ES errors: exit 75 (OutboxGroup)
             report = run_rebuild(settings.database_url, es, settings.elastic_index, opts,
                                  on_start=on_start, progress=lambda n: box["update"](n))
-        except RebuildRefused as exc:  # another rebuild runs: retry later
-            click.echo(f"rebuild: refused: {exc}", err=True)
-            sys.exit(exitcodes.TEMPFAIL)
-        except (RebuildError, psycopg.Error) as exc:
-            click.echo(f"rebuild: failed: {settings.scrub(str(exc).strip())}", err=True)
-            sys.exit(exitcodes.TEMPFAIL)
-        except Exception as exc:  # ES client errors: name the step's index and stop
-            click.echo(f"rebuild: failed (ES {settings.elastic_index}): "
-                       f"{settings.scrub(str(exc))}", err=True)
-            sys.exit(exitcodes.TEMPFAIL)
         finally:
             es.close()
     if as_json:
@@ -469,7 +452,7 @@ def purge(older_than: str, dry_run: bool, batch_size: int, as_json: bool) -> Non
     cutoff=TIME dry_run=false seconds=S`.
     """
     import contextlib
-    from .ops.migrate import SchemaTooOld, check_schema
+    from .ops.migrate import check_schema
     from .ops.purge import parse_retention, purge as run_purge
     try:
         retention = parse_retention(older_than)
@@ -478,24 +461,16 @@ def purge(older_than: str, dry_run: bool, batch_size: int, as_json: bool) -> Non
     settings = _settings()
     with contextlib.ExitStack() as stack:
         conn = stack.enter_context(_connect(settings, autocommit=True))
-        try:
-            check_schema(conn)
-        except SchemaTooOld as exc:
-            click.echo(f"purge: {exc}", err=True)
-            sys.exit(exitcodes.SCHEMA)
+        check_schema(conn)
         box = {"update": lambda n: None}
 
         def on_start(total: int) -> None:
             if not dry_run and total:
                 box["update"] = _progress(stack, "purging", total)
 
-        try:
-            report = run_purge(conn, retention, older_than=older_than.strip(),
-                               batch_size=batch_size, dry_run=dry_run, on_start=on_start,
-                               progress=lambda n: box["update"](n))
-        except psycopg.Error as exc:
-            click.echo(f"purge: database error: {settings.scrub(str(exc).strip())}", err=True)
-            sys.exit(exitcodes.TEMPFAIL)
+        report = run_purge(conn, retention, older_than=older_than.strip(),
+                           batch_size=batch_size, dry_run=dry_run, on_start=on_start,
+                           progress=lambda n: box["update"](n))
     click.echo(json.dumps(report.as_json()) if as_json else report.line())
 
 

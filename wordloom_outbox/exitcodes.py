@@ -43,6 +43,9 @@ EXCEPTION_CODES: tuple[tuple[str, str, int, str], ...] = (
     ("wordloom_outbox.ops.migrate", "SchemaTooOld", SCHEMA, "schema too old"),
     ("wordloom_outbox.ops.migrate", "MigrationError", CONFIG, "refused"),
     ("wordloom_outbox.ops.replay", "ReplayRefused", CONFIG, "refused"),
+    ("wordloom_outbox.ops.rebuild", "RebuildRefused", TEMPFAIL, "refused"),  # another one runs
+    ("wordloom_outbox.ops.rebuild", "RebuildError", TEMPFAIL, "failed"),
+    ("wordloom_outbox.search", "SearchError", TEMPFAIL, "failed"),
     ("psycopg", "OperationalError", TEMPFAIL, "database unreachable"),
     ("wordloom_outbox.adapters.store", "StoreUnavailable", TEMPFAIL, "database unreachable"),
     ("psycopg", "Error", TEMPFAIL, "database error"),
