@@ -12,6 +12,7 @@ Every metric carries ``component="worker"`` and ``projection="search_index_to_el
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 
@@ -282,8 +283,45 @@ def render() -> tuple[bytes, str]:
     this process alone."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        _SoundFilesCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+_skipped_files: set[str] = set()
+
+
+def _sound(path: str) -> bool:
+    """True when ``path`` holds a readable multiprocess values file: its header (the used
+    length, 4 bytes, then padding) fits the file. A child killed between creating its file and
+    sizing it, or a full disk, leaves an empty or cut file that would fail every scrape."""
+    import struct
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    return len(head) == 8 and 8 <= struct.unpack_from("i", head)[0] <= size
+
+
+def _SoundFilesCollector(registry):
+    """prometheus_client's multiprocess collector over the sound ``*.db`` files only; a file
+    left out is logged once (its metrics are missing from the scrape, the rest are served)."""
+    import glob
+    from prometheus_client import multiprocess
+
+    class Collector(multiprocess.MultiProcessCollector):
+        def collect(self):
+            files = []
+            for name in glob.glob(os.path.join(self._path, "*.db")):
+                if _sound(name):
+                    files.append(name)
+                elif name not in _skipped_files and os.path.exists(name):
+                    _skipped_files.add(name)
+                    logging.getLogger("wordloom_outbox.metrics").warning(
+                        "metrics file %s is empty or cut; left out of /metrics", name)
+            return self.merge(files, accumulate=True)
+
+    return Collector(registry)
