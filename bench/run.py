@@ -21,8 +21,9 @@ Phases (``BENCH_PHASES``, comma separated; default all, in this order):
 
 Sizes (environment; ``BENCH_SCALE`` multiplies every default, e.g. 0.02 for a smoke run):
 
-  BENCH_E2E_DOCS 20000, BENCH_NOOP_EVENTS 50000, BENCH_LATENCY_SECONDS 60,
-  BENCH_LATENCY80_SECONDS 30 (0 skips the 80% run), BENCH_BACKLOG_EVENTS 1000000, BENCH_RESTARTS 1000,
+  BENCH_E2E_DOCS 10000 (issue: 20000), BENCH_NOOP_EVENTS 50000, BENCH_LATENCY_SECONDS 60,
+  BENCH_LATENCY80_SECONDS 30 (0 skips the 80% run), BENCH_BACKLOG_EVENTS 200000 (issue:
+  1000000), BENCH_RESTARTS 1000,
   BENCH_RECOVERY_EVENTS 3000, BENCH_STEADY_SECONDS 120, BENCH_WORKERS 2,
   BENCH_RECOVERY_LEASE_SECONDS 10 (the service's lease in the recovery phase),
   BENCH_BULK_SIZE 500 (events per claim and documents per raw request, every phase).
@@ -82,11 +83,12 @@ class Sizes:
     def __init__(self) -> None:
         s = float(os.environ.get("BENCH_SCALE") or 1.0)
         self.scale = s
-        self.e2e_docs = int(knob("E2E_DOCS", 20000, s, 200))
+        # issue 10's sizes are 20,000 and 1,000,000: not within 15 minutes here (docs/PERFORMANCE.md)
+        self.e2e_docs = int(knob("E2E_DOCS", 10000, s, 200))
         self.noop_events = int(knob("NOOP_EVENTS", 50000, s, 1000))
         self.latency_s = knob("LATENCY_SECONDS", 60, s, 5)
         self.latency80_s = knob("LATENCY80_SECONDS", 30, s, 5)  # 0: skip that run
-        self.backlog_events = int(knob("BACKLOG_EVENTS", 1_000_000, s, 5000))
+        self.backlog_events = int(knob("BACKLOG_EVENTS", 200_000, s, 5000))
         self.restarts = int(knob("RESTARTS", 1000, s, 16))
         self.recovery_events = int(knob("RECOVERY_EVENTS", 3000, min(s * 10, 1), 1200))
         self.steady_s = knob("STEADY_SECONDS", 120, s, 10)
