@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import socket
 from typing import Any, Callable, Mapping
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -147,6 +148,14 @@ def _database_url(raw: str) -> str:
     url = normalize_database_url(raw)
     if not url.startswith("postgresql://"):
         raise ValueError(raw)
+    # libpq splits the authority at the first '@' and the path at the first '/': a user or
+    # password holding either unencoded would connect somewhere else and show a piece of the
+    # password as a host name in every error (found by a break-it pass)
+    before_query = re.split(r"[?#]", url[len("postgresql://"):], maxsplit=1)[0]
+    userinfo, at, _ = before_query.rpartition("@")
+    if at and ("@" in userinfo or "/" in userinfo):
+        raise Invalid("the user or password holds an unencoded '@' or '/': write them as %40 "
+                      "and %2F")
     from psycopg.conninfo import conninfo_to_dict  # libpq's own parser: what connect() will see
     try:
         params = conninfo_to_dict(url)
@@ -177,6 +186,9 @@ def _index_name(raw: str) -> bool:
 TEXT = Kind("text")
 BOOL = Kind("0 or 1", _bool)
 POSITIVE_INT = Kind("an integer > 0", int, lambda v: v > 0)
+# each child holds its own pool and LISTEN connection: 64 children is already far past what a
+# 2-8 vCPU VM and a PostgreSQL max_connections of 100 carry
+WORKERS_KIND = Kind("an integer 1-64", int, lambda v: 0 < v <= 64)
 PORT = Kind("a port number 0-65535", int, lambda v: 0 <= v <= 65535)
 DATABASE_URL_KIND = Kind("a postgresql:// URL", _database_url)
 ELASTIC_URL_KIND = Kind("http://host:port or https://host:port (the scheme is required)", _elastic_url)
@@ -306,7 +318,7 @@ SETTINGS: tuple[Setting, ...] = (
             "one line per event, text or JSON"),
     Setting("OUTBOX_LOG_LEVEL", "log_level",
             _choice("DEBUG", "INFO", "WARNING", "ERROR", fold=str.upper), "INFO", "log level"),
-    Setting("OUTBOX_WORKERS", "workers", POSITIVE_INT, 2, "children of `run`"),
+    Setting("OUTBOX_WORKERS", "workers", WORKERS_KIND, 2, "children of `run` (at most 64)"),
     Setting("OUTBOX_HTTP_HOST", "http_host", TEXT, "127.0.0.1",
             "address of `/healthz`, `/readyz` and `/metrics`"),
     Setting("OUTBOX_HTTP_PORT", "http_port", PORT, 9111, "port of `/healthz` and `/readyz`"),

@@ -35,6 +35,11 @@ BAD = [
     pytest.param(env(DATABASE_URL=None), "DATABASE_URL", id="database-url-missing"),
     pytest.param(env(DATABASE_URL="   "), "DATABASE_URL", id="database-url-blank"),
     pytest.param(env(DATABASE_URL="mysql://wordloom@db/x"), "DATABASE_URL", id="database-url-not-postgres"),
+    pytest.param(env(DATABASE_URL="postgresql://wordloom:Sekr3t@Pw@db.internal/wordloom_test"),
+                 "DATABASE_URL", id="database-url-unencoded-at-in-password"),
+    pytest.param(env(DATABASE_URL="postgresql://wordloom:Sek/r3t@db.internal/wordloom_test"),
+                 "DATABASE_URL", id="database-url-unencoded-slash-in-password"),
+    pytest.param(env(OUTBOX_WORKERS="100000"), "OUTBOX_WORKERS", id="workers-too-many"),
     pytest.param(env(ELASTIC_URL="localhost:9200"), "ELASTIC_URL", id="elastic-url-no-scheme"),
     pytest.param(env(ELASTIC_URL="ftp://es:9200"), "ELASTIC_URL", id="elastic-url-wrong-scheme"),
     pytest.param(env(OUTBOX_BULK_SIZE="0"), "OUTBOX_BULK_SIZE", id="bulk-size-zero"),
@@ -145,6 +150,20 @@ def test_settings_are_frozen():
 
 
 # ---------------------------------------------------------------------- passwords stay secret
+
+def test_unencoded_at_in_the_password_is_refused_without_showing_any_piece_of_it():
+    with pytest.raises(ConfigError) as info:
+        load_settings(env(DATABASE_URL="postgresql://wordloom:Sekr3t@Pw@db.internal/wordloom_test"))
+    message = str(info.value)
+    assert "%40" in message
+    assert "Sekr3t" not in message and "Pw" not in message
+
+
+def test_encoded_at_in_the_password_and_at_in_the_query_are_fine():
+    ok = load_settings(env(DATABASE_URL="postgresql://wordloom:Sekr3t%40Pw@db.internal/"
+                                        "wordloom_test?application_name=a@b"))
+    assert ok.database_url.endswith("application_name=a@b")
+
 
 def test_password_of_an_invalid_database_url_is_not_in_the_error():
     with pytest.raises(ConfigError) as info:
