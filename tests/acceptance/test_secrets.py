@@ -164,9 +164,19 @@ def test_running_service_reloads_and_fails_without_printing_a_password(env, db_u
         wait_for(lambda: "reload refused" in svc.log(), 30, "the reload refused")
         assert svc.child_pids() == children
 
-        # HUP: an unreachable database with passwords (one with an unencoded "@"): applied,
-        # the new child cannot connect and says so
-        for pw in (DB_PW, AT_PW):
+        # HUP: a password with an unencoded "@" is refused at load (libpq would read half of
+        # it as the host name); the child goes on
+        env_file.write_text(f"DATABASE_URL=postgresql://svc:{AT_PW}@127.0.0.1:1/x_test\n"
+                            f"ELASTIC_URL={es_url}\n")
+        refused = svc.log().count("reload refused")
+        svc.signal(signal.SIGHUP)
+        wait_for(lambda: svc.log().count("reload refused") > refused, 30, "the '@' reload refused")
+        assert "%40" in svc.log()
+        assert svc.child_pids() == children
+
+        # HUP: an unreachable database with a password: applied, the new child cannot connect
+        # and says so
+        for pw in (DB_PW,):
             env_file.write_text(f"DATABASE_URL=postgresql://svc:{pw}@127.0.0.1:1/x_test\n"
                                 f"ELASTIC_URL={es_url}\n")
             before = svc.log().count("reloaded")
