@@ -579,7 +579,7 @@ def phase_recovery(lab: Lab, sizes: Sizes, res: dict) -> None:
     parent and the children; restart; seconds from the kill until every held event is done."""
     lease = float(os.environ.get("BENCH_RECOVERY_LEASE_SECONDS") or 10)
     es_url, osmem, proxy = lab.es()
-    from wordloom_outbox.labs import esproxy
+    from wordloom_outbox.testing import esproxy
     url = lab.database("recovery")
     seed_events(url, corpus_texts(5000), min(sizes.recovery_events, 5000), sizes.recovery_events)
     # the request timeout is capped at a third of the lease: the hung requests stay hung
