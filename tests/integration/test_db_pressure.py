@@ -195,3 +195,28 @@ def test_other_database_errors_are_store_errors_naming_their_sqlstate(store):
     assert isinstance(info.value.__cause__, psycopg.errors.UndefinedColumn)
     # the pool is still usable afterwards
     assert store.claim("w", 10, 30, 600, 10).events == []
+
+
+def test_connections_broken_by_a_restart_cost_no_failed_statement(db_url, outbox_db,
+                                                                  pressure_settings):
+    """A healthy pool hands its connections out unchecked (no round trip per statement); when
+    every pooled connection was cut since its last use (what a Postgres restart does), the
+    statement that meets a broken one runs again on a checked connection and succeeds."""
+    produce(db_url, 4)
+    pool = make_pool(db_url, worker_id="test-host:77", min_size=2, max_size=2)
+    try:
+        store = OutboxStore(pool)
+        wait_for(lambda: pool.get_stats().get("pool_available", 0) == 2, 30, "two connections")
+        assert store.claim("w", 1, 30, 600, 10).events  # healthy: unchecked
+        assert pool.suspect is False
+        outbox_db.autocommit = True
+        killed = outbox_db.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'wordloom-outbox test-host:77'").fetchone()[0]
+        assert killed == 2
+        claim = store.claim("w", 10, 30, 600, 10)  # meets a dead connection, retried checked
+        assert len(claim.events) == 3
+        assert pool.suspect is False  # cleared by the statement that succeeded
+        assert store.claim("w", 10, 30, 600, 10).events == []
+    finally:
+        pool.close()

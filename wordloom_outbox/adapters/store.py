@@ -167,21 +167,38 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
               "keepalives_count": 2, "tcp_user_timeout": 20000}
 
 
+class OutboxPool(ConnectionPool):
+    """The store's psycopg pool. A healthy pool hands its connections out unchecked: the
+    pool's usual check (an empty statement, one round trip) before every statement was a tenth
+    of a child's time on the no-op sink (docs/PERFORMANCE.md). After a statement failed for a
+    connection or server reason (a Postgres restart leaves broken connections behind) the pool
+    is ``suspect``: it checks each connection it hands out, discarding the broken ones, until a
+    statement succeeds again (:class:`OutboxStore` sets and clears the flag)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.suspect = False
+        super().__init__(*args, check=self._check_while_suspect, **kwargs)
+
+    def _check_while_suspect(self, conn: psycopg.Connection) -> None:
+        if self.suspect:
+            self.check_connection(conn)
+
+
 def make_pool(database_url: str, *, min_size: int = 1, max_size: int = 2,
               name: str = "outbox", worker_id: str | None = None,
               statement_timeout: float | None = None,
-              lock_timeout: float | None = None, timeout: float = 10.0) -> ConnectionPool:
-    """A psycopg pool that checks connections before handing them out (a Postgres restart
-    leaves broken connections behind) and waits at most ``timeout`` seconds for one. Its sessions are named
-    ``wordloom-outbox <worker_id>`` (``host:pid``, ``pg_stat_activity.application_name``) and
-    carry ``statement_timeout`` / ``lock_timeout`` in seconds when given (the worker gives
+              lock_timeout: float | None = None, timeout: float = 10.0) -> OutboxPool:
+    """An :class:`OutboxPool` of autocommit connections (every store statement is a
+    transaction of its own, so no COMMIT round trip follows it) that waits at most ``timeout``
+    seconds for a connection. Its sessions are named ``wordloom-outbox <worker_id>``
+    (``host:pid``, ``pg_stat_activity.application_name``) and carry ``statement_timeout`` /
+    ``lock_timeout`` in seconds when given (the worker gives
     ``OUTBOX_DB_STATEMENT_TIMEOUT_SECONDS`` and ``OUTBOX_DB_LOCK_TIMEOUT_SECONDS``)."""
     kwargs = {"application_name": application_name(worker_id) if worker_id else "wordloom-outbox",
-              "connect_timeout": 10, **KEEPALIVES,
+              "connect_timeout": 10, "autocommit": True, **KEEPALIVES,
               **session_options(database_url, statement_timeout, lock_timeout)}
-    return ConnectionPool(database_url, min_size=min_size, max_size=max_size, name=name,
-                          timeout=timeout, open=True, check=ConnectionPool.check_connection,
-                          kwargs=kwargs)
+    return OutboxPool(database_url, min_size=min_size, max_size=max_size, name=name,
+                      timeout=timeout, open=True, kwargs=kwargs)
 
 
 class OutboxStore:
@@ -194,19 +211,36 @@ class OutboxStore:
         self.pool = pool
 
     def _execute(self, sql: str, params: dict[str, Any], rows: bool = True, dicts: bool = False):
-        try:
-            with self.pool.connection() as conn:
-                try:
-                    cur = conn.cursor(row_factory=dict_row) if dicts else conn.cursor()
-                    cur.execute(sql, params)
-                    return cur.fetchall() if rows else cur.rowcount
-                except psycopg.errors.ReadOnlySqlTransaction:
-                    # this server will not take writes again (a demoted primary): do not hand
-                    # the connection out again, the next one may reach the new primary
-                    conn.close()
-                    raise
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            raise classify_db_error(exc) from exc
+        """Run one statement (its own transaction) and return its rows, or its row count when
+        ``rows`` is False. A statement that fails on a connection the pool handed out unchecked
+        because the connection was broken (a Postgres restart since it was last used) runs once
+        more on a checked connection, so a restart long past costs no failed batch."""
+        retry = not getattr(self.pool, "suspect", True)
+        while True:
+            conn = None
+            try:
+                with self.pool.connection() as conn:
+                    try:
+                        cur = conn.cursor(row_factory=dict_row) if dicts else conn.cursor()
+                        cur.execute(sql, params)
+                        result = cur.fetchall() if rows else cur.rowcount
+                    except psycopg.errors.ReadOnlySqlTransaction:
+                        # this server will not take writes again (a demoted primary): do not
+                        # hand the connection out again, the next one may reach the new primary
+                        conn.close()
+                        raise
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                error = classify_db_error(exc)
+                if type(error) is StoreUnavailable:
+                    # down or restarting: other pooled connections may be broken too
+                    self.pool.suspect = True
+                    if (retry and isinstance(exc, psycopg.OperationalError)
+                            and conn is not None and conn.broken):
+                        retry = False
+                        continue
+                raise error from exc
+            self.pool.suspect = False
+            return result
 
     def claim(self, owner: str, limit: int, lease_seconds: float, max_processing_seconds: float,
               max_attempts: int, suspects: bool = True) -> Claim:
@@ -256,17 +290,21 @@ class OutboxStore:
         return {r[0] for r in rows}
 
     def apply(self, token: uuid.UUID, decisions: Sequence[Decision]) -> list[Applied]:
-        """Apply decisions fenced by ``token``; returns those the fence accepted."""
+        """Apply decisions fenced by ``token``; returns those the fence accepted. Acks without
+        an attempt go as one array of ids (``adapters/sql/apply.sql``)."""
         if not decisions:
             return []
+        acks = [d for d in decisions if d.status is Status.DONE and not d.attempt_inc]
+        rest = [d for d in decisions if not (d.status is Status.DONE and not d.attempt_inc)]
         rows = self._execute(named_sql("apply"), dict(
             token=token,
-            ids=[d.event_id for d in decisions],
-            statuses=[d.status.value for d in decisions],
-            incs=[d.attempt_inc for d in decisions],
-            delays=[float(d.delay) for d in decisions],
-            errors=[d.error for d in decisions],
-            reasons=[(d.reason or None) and d.reason[:80] for d in decisions],
+            done_ids=[d.event_id for d in acks],
+            ids=[d.event_id for d in rest],
+            statuses=[d.status.value for d in rest],
+            incs=[d.attempt_inc for d in rest],
+            delays=[float(d.delay) for d in rest],
+            errors=[d.error for d in rest],
+            reasons=[(d.reason or None) and d.reason[:80] for d in rest],
         ))
         return [Applied(r[0], r[1], r[2]) for r in rows]
 

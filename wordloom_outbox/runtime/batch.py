@@ -407,7 +407,7 @@ class BatchProcessor:
             raise
         applied = {a.event_id: a for a in applied_rows}
         done_by_op: collections.Counter = collections.Counter()
-        latency = m.base(m.event_latency_seconds)
+        ages: list[float] = []
         for d in decisions:
             a = applied.get(d.event_id)
             if a is None:
@@ -417,7 +417,7 @@ class BatchProcessor:
                 result.done += 1
                 done_by_op[d.op] += 1
                 if a.age_seconds is not None:  # None: an infinite created_at (apply.sql)
-                    latency.observe(max(a.age_seconds, 0.0))
+                    ages.append(max(a.age_seconds, 0.0))
                 if d.noop:
                     m.labelled(m.idempotent_noop_total, d.noop).inc()
             elif d.status is Status.PENDING:
@@ -431,6 +431,7 @@ class BatchProcessor:
                 log.warning("event %s failed (%s): %s", d.event_id, d.reason, d.error, extra=ctx)
         for op, n in done_by_op.items():  # one increment per op, not per event
             m.labelled(m.processed_total, op).inc(n)
+        m.observe_many(m.base(m.event_latency_seconds), ages)
         if result.stale:
             m.base(m.stale_ack_total).inc(result.stale)
             m.base(m.lease_lost_total).inc(result.stale)
