@@ -24,7 +24,7 @@ import uuid
 
 import psycopg
 
-from wordloom_outbox.adapters.store import named_sql
+from wordloom_outbox.adapters.store import claim_and_load_sql, named_sql
 
 BATCH = 500
 MILLION = 1_000_000
@@ -262,3 +262,34 @@ def test_claim_apply_and_gauges_cost_o_batch_with_a_million_done_and_a_million_p
     # every rollback left the rows as they were
     assert dict(conn.execute("SELECT status, count(*) FROM search_outbox_events GROUP BY 1")) == {
         "pending": MILLION + HOT_ROWS, "processing": HOT_ROWS + 1, "done": MILLION}
+
+
+def test_the_claim_reads_its_rows_by_entity_key_whatever_search_index_holds(outbox_db):
+    """The worker's claim reads each claimed entity's row in the same statement
+    (``load_claimed.sql``): per event through the unique (entity_type, entity_id) index, never by
+    hashing a scan of search_index (the planner chose that for a plain join: O(search_index)
+    per claim)."""
+    conn = outbox_db
+    rows = 20_000
+    conn.execute("INSERT INTO search_index (id, entity_type, entity_id, library_id, text, "
+                 "                          event_version, created_at, updated_at) "
+                 "SELECT gen_random_uuid(), 'block', lpad(to_hex(i), 32, '0')::uuid, NULL, "
+                 "       'text ' || i, 1, now(), now() FROM generate_series(1, %s) AS i", (rows,))
+    conn.execute("INSERT INTO search_outbox_events (entity_type, entity_id, op) "
+                 "SELECT 'block', lpad(to_hex(i * 7), 32, '0')::uuid, 'upsert' "
+                 "  FROM generate_series(1, %s) AS i", (BATCH,))
+    conn.execute("ANALYZE search_index")
+    maintenance(conn)
+    result = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + claim_and_load_sql(),
+                          {**CLAIM_PARAMS, "token": uuid.uuid4()}).fetchone()[0][0]
+    conn.rollback()
+    plan = result["Plan"]
+    reads = [n for n in walk(plan) if n.get("Relation Name") == "search_index"]
+    print(f"\nclaim and load ({rows} rows in search_index): rows={plan['Actual Rows']} "
+          f"buffers={buffers(plan)} in {result['Execution Time']:.1f} ms; "
+          f"search_index read by {[(n['Node Type'], n.get('Index Name')) for n in reads]}")
+    assert plan["Actual Rows"] == BATCH
+    assert reads and all(n["Node Type"] in ("Index Scan", "Index Only Scan") for n in reads), reads
+    assert sum(n["Actual Rows"] * n.get("Actual Loops", 1) for n in reads) == BATCH
+    # one descent of the unique index and one heap page per event (observed ~5)
+    assert sum(buffers(n) for n in reads) < 8 * BATCH

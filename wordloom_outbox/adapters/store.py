@@ -104,14 +104,27 @@ def named_sql(name: str) -> str:
     return resources.files(__package__).joinpath("sql", f"{name}.sql").read_text("utf-8")
 
 
+@functools.cache
+def claim_and_load_sql() -> str:
+    """The claim (``claim.sql``) as the CTE ``claimed``, read back with each event's current
+    ``search_index`` row (``load_claimed.sql``): claim and load in one statement."""
+    return f"WITH claimed AS (\n{named_sql('claim').strip()}\n)\n{named_sql('load_claimed')}"
+
+
+ROW_COLUMNS = ("library_id", "text", "snippet", "rank_score", "unrepresentable")
+
+
 @dataclasses.dataclass(slots=True)
 class Claim:
-    """One claim: its lease ``token``, the ``events`` now processing under it (FIFO order), and
-    the reclaimed events that hit the attempt limit and became ``failed`` (lease_expired)."""
+    """One claim: its lease ``token``, the ``events`` now processing under it (FIFO order), the
+    reclaimed events that hit the attempt limit and became ``failed`` (lease_expired), and
+    ``rows``: the current ``search_index`` row of each claimed entity that has one, read in the
+    claim's own statement, keyed and shaped as :meth:`OutboxStore.load_rows` returns them."""
 
     token: uuid.UUID
     events: list[OutboxEvent]
     expired: list[OutboxEvent]
+    rows: dict = dataclasses.field(default_factory=dict)
 
     @property
     def suspect(self) -> bool:
@@ -246,14 +259,14 @@ class OutboxStore:
               max_attempts: int, suspects: bool = True) -> Claim:
         """Claim up to ``limit`` events under a new lease token for ``lease_seconds``: a poison
         suspect alone (unless ``suspects`` is False), else stuck and due pending events
-        (``adapters/sql/claim.sql``)."""
+        (``adapters/sql/claim.sql``), with their entities' rows (``Claim.rows``)."""
         token = uuid.uuid4()
-        rows = self._execute(named_sql("claim"), dict(
+        rows = self._execute(claim_and_load_sql(), dict(
             limit=limit, owner=owner, token=token, lease=float(lease_seconds),
             max_processing=float(max_processing_seconds), max_attempts=max_attempts,
             suspects=bool(suspects)), dicts=True)
         rows.sort(key=lambda r: r["seq"])
-        events, expired = [], []
+        events, expired, loaded = [], [], {}
         for r in rows:
             event = OutboxEvent(id=r["id"], entity_type=r["entity_type"],
                                 entity_id=r["entity_id"], op=r["op"],
@@ -263,7 +276,13 @@ class OutboxStore:
                                 reclaims=r["reclaims"], traceparent=r["traceparent"],
                                 tracestate=r["tracestate"])
             (events if r["status"] == Status.PROCESSING.value else expired).append(event)
-        return Claim(token, events, expired)
+            if r["row_found"] and event.key not in loaded:
+                row = {k: r[k] for k in ROW_COLUMNS}
+                row.update(entity_type=r["entity_type"], entity_id=r["entity_id"],
+                           event_version=r["row_version"], created_at=r["row_created_at"],
+                           updated_at=r["row_updated_at"])
+                loaded[event.key] = row
+        return Claim(token, events, expired, loaded)
 
     def load_rows(self, keys: Iterable[tuple[str, uuid.UUID]]) -> dict[tuple[str, uuid.UUID], dict]:
         """Current ``search_index`` rows for the given ``(entity_type, entity_id)`` keys."""

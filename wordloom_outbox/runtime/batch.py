@@ -156,7 +156,7 @@ class BatchProcessor:
                "lease_token": str(claim.token)}
         lease = _Lease(claim.token, {e.id for e in claim.events}, started + s.lease_seconds)
         try:
-            decisions, unsent = self._decide_batch(claim.events, lease, result, ctx)
+            decisions, unsent = self._decide_batch(claim.events, claim.rows, lease, result, ctx)
         except StoreUnavailable:
             # rows could not be read again: nothing more is sent, everything held goes back
             self._release(lease, [_Ref(i) for i in list(lease.held)], "not_sent", result, ctx)
@@ -168,12 +168,12 @@ class BatchProcessor:
 
     # -- build and send -------------------------------------------------------------------
 
-    def _decide_batch(self, events: list[OutboxEvent], lease: "_Lease", result: BatchResult,
-                      ctx: dict) -> tuple[list[Decision], dict[str, list[OutboxEvent]]]:
+    def _decide_batch(self, events: list[OutboxEvent], rows: dict, lease: "_Lease",
+                      result: BatchResult, ctx: dict
+                      ) -> tuple[list[Decision], dict[str, list[OutboxEvent]]]:
         """Decisions for the events sent (or refused before sending), and the events not sent
-        by release reason."""
+        by release reason. ``rows``: the entities' rows, read by the claim itself."""
         s = self.settings
-        rows = self.store.load_rows({e.key for e in events})
         loaded_at = self.clock()
         plan = plan_batch(events, rows, s.elastic_index, s.bulk_max_bytes)
         decisions = [Decision(e.id, e.op, Status.DONE, noop="superseded") for e in plan.superseded]
