@@ -264,11 +264,11 @@ def test_claim_apply_and_gauges_cost_o_batch_with_a_million_done_and_a_million_p
         "pending": MILLION + HOT_ROWS, "processing": HOT_ROWS + 1, "done": MILLION}
 
 
-def test_the_claim_reads_its_rows_by_entity_key_whatever_search_index_holds(outbox_db):
+def test_rows_are_read_by_entity_key_whatever_search_index_holds(outbox_db):
     """The worker's claim reads each claimed entity's row in the same statement
-    (``load_claimed.sql``): per event through the unique (entity_type, entity_id) index, never by
-    hashing a scan of search_index (the planner chose that for a plain join: O(search_index)
-    per claim)."""
+    (``load_claimed.sql``), and ``load_rows.sql`` reads a batch's rows again: both per key
+    through the unique (entity_type, entity_id) index, never by hashing a scan of search_index
+    (the planner chose that for plain joins here: O(search_index) per batch)."""
     conn = outbox_db
     rows = 20_000
     conn.execute("INSERT INTO search_index (id, entity_type, entity_id, library_id, text, "
@@ -280,16 +280,23 @@ def test_the_claim_reads_its_rows_by_entity_key_whatever_search_index_holds(outb
                  "  FROM generate_series(1, %s) AS i", (BATCH,))
     conn.execute("ANALYZE search_index")
     maintenance(conn)
-    result = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + claim_and_load_sql(),
-                          {**CLAIM_PARAMS, "token": uuid.uuid4()}).fetchone()[0][0]
-    conn.rollback()
-    plan = result["Plan"]
-    reads = [n for n in walk(plan) if n.get("Relation Name") == "search_index"]
-    print(f"\nclaim and load ({rows} rows in search_index): rows={plan['Actual Rows']} "
-          f"buffers={buffers(plan)} in {result['Execution Time']:.1f} ms; "
-          f"search_index read by {[(n['Node Type'], n.get('Index Name')) for n in reads]}")
-    assert plan["Actual Rows"] == BATCH
-    assert reads and all(n["Node Type"] in ("Index Scan", "Index Only Scan") for n in reads), reads
-    assert sum(n["Actual Rows"] * n.get("Actual Loops", 1) for n in reads) == BATCH
-    # one descent of the unique index and one heap page per event (observed ~5)
-    assert sum(buffers(n) for n in reads) < 8 * BATCH
+    keys = conn.execute("SELECT entity_type, entity_id FROM search_outbox_events").fetchall()
+    statements = {
+        "claim and load": (claim_and_load_sql(), {**CLAIM_PARAMS, "token": uuid.uuid4()}),
+        "load_rows": (named_sql("load_rows"), {"types": [k[0] for k in keys],
+                                               "ids": [k[1] for k in keys]})}
+    for name, (sql, params) in statements.items():
+        result = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql,
+                              params).fetchone()[0][0]
+        conn.rollback()
+        plan = result["Plan"]
+        reads = [n for n in walk(plan) if n.get("Relation Name") == "search_index"]
+        print(f"\n{name} ({rows} rows in search_index): rows={plan['Actual Rows']} "
+              f"buffers={buffers(plan)} in {result['Execution Time']:.1f} ms; search_index "
+              f"read by {[(n['Node Type'], n.get('Index Name')) for n in reads]}")
+        assert plan["Actual Rows"] == BATCH
+        assert reads and all(n["Node Type"] in ("Index Scan", "Index Only Scan")
+                             for n in reads), (name, reads)
+        assert sum(n["Actual Rows"] * n.get("Actual Loops", 1) for n in reads) == BATCH
+        # one descent of the unique index and one heap page per key (observed ~5)
+        assert sum(buffers(n) for n in reads) < 8 * BATCH

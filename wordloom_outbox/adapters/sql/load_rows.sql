@@ -1,4 +1,8 @@
--- Current search_index rows of a batch's entities (state-based projection, SPEC 4.3).
+-- Current search_index rows of a batch's entities (state-based projection, SPEC 4.3), read
+-- again when a batch's rows are old (runtime/batch.py) and by rebuild's catch-up. Each key is
+-- looked up through the unique (entity_type, entity_id) index: the LATERAL subquery's LIMIT
+-- keeps the planner from joining by hashing a scan of the whole search_index, which it chose
+-- for a plain join with the key array (tests/integration/test_claim_explain.py).
 --
 -- A timestamp Python cannot hold (infinity, -infinity, before year 1, after year 9999; the
 -- bounds keep a day's margin for the session time zone) would make the driver raise while
@@ -18,6 +22,8 @@ SELECT s.entity_type, s.entity_id, s.library_id, s.text, s.snippet, s.rank_score
                  CASE WHEN NOT (s.updated_at >= '0001-01-02 00:00:00+00'
                                 AND s.updated_at < '9999-12-31 00:00:00+00')
                       THEN 'updated_at ' || s.updated_at::text END) AS unrepresentable
-  FROM search_index s
-  JOIN unnest(%(types)s::text[], %(ids)s::uuid[]) AS k(entity_type, entity_id)
-    ON s.entity_type = k.entity_type AND s.entity_id = k.entity_id
+  FROM unnest(%(types)s::text[], %(ids)s::uuid[]) AS k(entity_type, entity_id)
+ CROSS JOIN LATERAL (SELECT *
+                       FROM search_index i
+                      WHERE i.entity_type = k.entity_type AND i.entity_id = k.entity_id
+                      LIMIT 1) s
