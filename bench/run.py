@@ -364,14 +364,16 @@ def note_memory(memory: dict, mem: dict) -> None:
 
 def produce(url: str, rate: float, seconds: float, entities: int, out) -> None:
     """Commit ``rate`` events/s for ``seconds`` through the producer helper, in transactions
-    of ``max(1, rate // 100)`` events on a fixed schedule; puts ``(events, late_s)`` on
-    ``out`` (``late_s``: the largest lag behind the schedule)."""
+    of ``max(1, rate // 100)`` events on a fixed schedule; puts ``(events, late_s, commits)``
+    on ``out`` (``late_s``: the largest lag behind the schedule; ``commits``: per event,
+    ``(entity_id, event_version, epoch seconds just after its transaction committed)``)."""
     from wordloom_outbox.producer import upsert_document
     per_tx = max(1, int(rate // 100))
     interval = per_tx / rate
     ids = [uuid.uuid4() for _ in range(entities)]
     rng = random.Random(11)
     n, late = 0, 0.0
+    commits = []
     with psycopg.connect(url) as conn:
         start = time.monotonic()
         k = 0
@@ -384,20 +386,36 @@ def produce(url: str, rate: float, seconds: float, entities: int, out) -> None:
                 time.sleep(due - now)
             else:
                 late = max(late, now - due)
+            written = []
             with conn.transaction():
                 for _ in range(per_tx):
-                    upsert_document(conn, "block", rng.choice(ids), f"bench text {n}",
-                                    snippet="bench", rank_score=0.5)
+                    entity = rng.choice(ids)
+                    version = upsert_document(conn, "block", entity, f"bench text {n}",
+                                              snippet="bench", rank_score=0.5)
+                    written.append((str(entity), version))
                     n += 1
+            committed = time.time()
+            commits += [(entity, version, committed) for entity, version in written]
             k += 1
-    out.put((n, round(late, 3)))
+    out.put((n, round(late, 3), commits))
 
 
-def latencies(url: str) -> list[float]:
+def latencies(url: str, commits: list | None = None) -> tuple[list[float], list[float]]:
+    """Milliseconds from ``created_at`` (the producer's transaction start) to ``processed_at``
+    of every done event, sorted; and from the producer's commit (``commits`` of
+    :func:`produce`) to ``processed_at``, sorted: the worker's own share, without the
+    producer's transaction."""
+    committed = {(e, v): t for e, v, t in commits or ()}
     with psycopg.connect(url, autocommit=True) as conn:
-        return [r[0] for r in conn.execute(
-            "SELECT extract(epoch FROM processed_at - created_at)::float8 * 1000 "
-            "FROM search_outbox_events WHERE status = 'done' ORDER BY 1")]
+        rows = conn.execute(
+            "SELECT entity_id::text, event_version, "
+            "       extract(epoch FROM processed_at - created_at)::float8 * 1000, "
+            "       extract(epoch FROM processed_at)::float8 "
+            "  FROM search_outbox_events WHERE status = 'done'").fetchall()
+    created = sorted(r[2] for r in rows)
+    after_commit = sorted((r[3] - committed[(r[0], r[1])]) * 1000 for r in rows
+                          if (r[0], r[1]) in committed)
+    return created, after_commit
 
 
 def pct(sorted_values: list[float], q: float) -> float | None:
@@ -419,18 +437,20 @@ def latency_run(lab: Lab, name: str, es_url: str, rate: float, seconds: float, s
         out = ctx.Queue()
         p = ctx.Process(target=produce, args=(url, rate, seconds, 5000, out))
         p.start()
-        produced, late = out.get(timeout=seconds + 120)
+        produced, late, commits = out.get(timeout=seconds + 120)
         p.join(30)
         wait_drained(url, svc, 300)
     finally:
         mem = sampler.stop()
         svc.stop(60)
     note_memory(memory, mem)
-    lat = latencies(url)
+    lat, after_commit = latencies(url, commits)
     rate_info = drained_rate(url)
     return {"rate": rate, "seconds": seconds, "produced": produced, "producer_late_s": late,
             "done": len(lat), "p50_ms": pct(lat, 0.5), "p90_ms": pct(lat, 0.9),
             "p99_ms": pct(lat, 0.99), "max_ms": pct(lat, 1.0), "latencies_ms": lat,
+            "commit_to_ack_p50_ms": pct(after_commit, 0.5),
+            "commit_to_ack_p99_ms": pct(after_commit, 0.99),
             "series": rate_info["series"], **mem}
 
 
@@ -671,7 +691,7 @@ def phase_steady(lab: Lab, sizes: Sizes, res: dict) -> None:
         out = ctx.Queue()
         p = ctx.Process(target=produce, args=(url, 500, sizes.steady_s, 5000, out))
         p.start()
-        produced, _ = out.get(timeout=sizes.steady_s + 120)
+        produced, _, _ = out.get(timeout=sizes.steady_s + 120)
         p.join(30)
         wait_drained(url, svc, 300)
     finally:
@@ -721,7 +741,9 @@ def summary_lines(res: dict) -> list[str]:
         run = (g("latency") or {}).get(key)
         if run:
             lines.append(f"latency p50_ms={run['p50_ms']} p99_ms={run['p99_ms']} "
-                         f"sink={label} rate={run['rate']}")
+                         f"sink={label} rate={run['rate']} "
+                         f"commit_to_ack_p50_ms={run.get('commit_to_ack_p50_ms')} "
+                         f"commit_to_ack_p99_ms={run.get('commit_to_ack_p99_ms')}")
     if g("backlog"):
         b = g("backlog")
         lines.append(f"backlog first10_evs={b['first10_evs']} last10_evs={b['last10_evs']} "
@@ -765,7 +787,8 @@ def table(res: dict) -> str:
                                   f"{fmt(b['last10_evs'])}/s")
     for key, run in (res.get("latency") or {}).items():
         rows.append((f"latency {key}", fmt(run["done"]), fmt(run["seconds"]), fmt(run["rate"]),
-                     f"p50 {run['p50_ms']} ms p99 {run['p99_ms']} ms"))
+                     f"p50 {run['p50_ms']} ms p99 {run['p99_ms']} ms; from commit: p50 "
+                     f"{run.get('commit_to_ack_p50_ms')} ms p99 {run.get('commit_to_ack_p99_ms')} ms"))
     widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows)
 

@@ -28,7 +28,8 @@ LINES = {
     "ratio e2e_vs_raw_bulk": r"ratio e2e_vs_raw_bulk=(?P<v>[\d.]+)$",
     "ratio worker_vs_sql_ceiling": r"ratio worker_vs_sql_ceiling=(?P<v>[\d.]+)$",
     "latency es": r"latency p50_ms=[\d.]+ p99_ms=(?P<v>[\d.]+) sink=es rate=500",
-    "latency noop": r"latency p50_ms=[\d.]+ p99_ms=(?P<v>[\d.]+) sink=noop rate=500",
+    "latency noop": (r"latency p50_ms=[\d.]+ p99_ms=(?P<v>[\d.]+) sink=noop rate=500 "
+                     r"commit_to_ack_p50_ms=[\d.]+ commit_to_ack_p99_ms=[\d.]+"),
     "backlog": r"backlog first10_evs=[\d.]+ last10_evs=(?P<v>[\d.]+)",
     "memory": r"memory parent_mb=[\d.]+ child_mb=(?P<v>[\d.]+)",
     "scrape": r"scrape_ms=(?P<v>[\d.]+) restarts=\d+",
