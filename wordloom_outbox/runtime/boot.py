@@ -10,6 +10,7 @@ exponential backoff (tenacity), never a reason to exit: the caller's ``on_wait``
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Callable
 
@@ -22,6 +23,13 @@ from ..redaction import brief_database_error
 from ..settings import Settings
 
 log = logging.getLogger("wordloom_outbox.boot")
+
+# libpq's words for a connection option whose value it cannot use, found before it tries any
+# server (fe-connect.c: 'invalid sslmode value: "x"', 'invalid port number: "x"', 'invalid
+# integer value "x" for connection option "y"'): psycopg raises them as OperationalError, like
+# an outage, but waiting cannot help.
+UNUSABLE_OPTION = re.compile(r"\binvalid (?:[\w ]+ value\b|port number\b|integer value\b|"
+                             r"connection option\b)")
 
 BACKOFF_INITIAL = 0.5  # seconds before the second try
 BACKOFF_MAX = 5.0      # seconds: longest wait between two tries (a dependency back is seen within 5 s)
@@ -49,19 +57,28 @@ class DatabaseUnreachable(Exception):
 def check_once(settings: Settings, connect_timeout: float = 5.0) -> None:
     """One try: connect (``connect_timeout`` seconds, libpq's floor is 2) and compare the
     applied migrations with the shipped ones. Raises :class:`BootRefused` (79 schema too old,
-    78 unusable URL) or :class:`DatabaseUnreachable`."""
+    78 a URL libpq cannot parse or an option value it cannot use, e.g. ``sslmode=bogus``) or
+    :class:`DatabaseUnreachable`."""
     try:
         with psycopg.connect(settings.database_url, autocommit=True,
                              connect_timeout=max(2, int(connect_timeout))) as conn:
             check_schema(conn)
     except SchemaTooOld as exc:
         raise BootRefused(exitcodes.SCHEMA, str(exc)) from None
-    except psycopg.ProgrammingError as exc:  # libpq could not parse the URL
-        raise BootRefused(exitcodes.CONFIG, f"DATABASE_URL={settings.redacted_database_url()!r} "
-                          f"is not valid: {settings.scrub(str(exc).strip())}") from None
     except psycopg.Error as exc:
-        raise DatabaseUnreachable(brief_database_error(exc), "database unreachable: "
-                                  + settings.scrub(str(exc).strip())[:300]) from None
+        text = settings.scrub(str(exc).strip())
+        if exc.sqlstate is None and (isinstance(exc, psycopg.ProgrammingError)
+                                     or UNUSABLE_OPTION.search(str(exc))):
+            # libpq could not parse the URL, or cannot use one of its options' values
+            raise BootRefused(exitcodes.CONFIG, f"DATABASE_URL="
+                              f"{settings.redacted_database_url()!r} is not valid: {text}") from None
+        if isinstance(exc, psycopg.ProgrammingError):
+            # the server refused the boot check's statements (permission denied, 42501): the
+            # role of DATABASE_URL cannot run the service
+            raise BootRefused(exitcodes.CONFIG, f"the database refused the boot check "
+                              f"(SQLSTATE {exc.sqlstate}): {text}") from None
+        raise DatabaseUnreachable(brief_database_error(exc),
+                                  "database unreachable: " + text[:300]) from None
 
 
 def wait_until_bootable(settings: Settings, *,
