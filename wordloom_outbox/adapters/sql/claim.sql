@@ -80,9 +80,8 @@ UPDATE search_outbox_events e
   FROM picked p
  WHERE e.id = p.id
 RETURNING e.id, e.entity_type, e.entity_id, e.op, e.event_version, e.attempts,
-          -- NULL for a timestamp Python cannot hold (see load_rows.sql): one such row must not
+          -- NULL for a timestamp Python cannot hold (migration 0007): one such row must not
           -- fail the loading of the whole claim
-          CASE WHEN e.created_at >= '0001-01-02 00:00:00+00' AND e.created_at < '9999-12-31 00:00:00+00'
-               THEN e.created_at END AS created_at,
+          outbox_loadable(e.created_at) AS created_at,
           p.reclaimed, e.status, e.seq, e.consecutive_failures, e.reclaims, e.traceparent,
           e.tracestate

@@ -5,23 +5,15 @@
 -- (entity_type, entity_id) index: the LATERAL subquery's LIMIT keeps the planner from joining
 -- by hashing a scan of the whole search_index (it estimates the claim's rows poorly), which
 -- would cost a claim O(search_index) (tests/integration/test_claim_explain.py).
--- The row's columns carry the timestamp guard of load_rows.sql; `row_found` is false when the
--- entity has no row (deleted since, or never written).
+-- The row's timestamps pass outbox_loadable as in load_rows.sql (migration 0007); `row_found`
+-- is false when the entity has no row (deleted since, or never written).
 SELECT c.*,
        s.entity_id IS NOT NULL AS row_found,
        s.library_id, s.text, s.snippet, s.rank_score,
        s.event_version AS row_version,
-       CASE WHEN s.created_at >= '0001-01-02 00:00:00+00' AND s.created_at < '9999-12-31 00:00:00+00'
-            THEN s.created_at END AS row_created_at,
-       CASE WHEN s.updated_at >= '0001-01-02 00:00:00+00' AND s.updated_at < '9999-12-31 00:00:00+00'
-            THEN s.updated_at END AS row_updated_at,
-       concat_ws(', ',
-                 CASE WHEN NOT (s.created_at >= '0001-01-02 00:00:00+00'
-                                AND s.created_at < '9999-12-31 00:00:00+00')
-                      THEN 'created_at ' || s.created_at::text END,
-                 CASE WHEN NOT (s.updated_at >= '0001-01-02 00:00:00+00'
-                                AND s.updated_at < '9999-12-31 00:00:00+00')
-                      THEN 'updated_at ' || s.updated_at::text END) AS unrepresentable
+       outbox_loadable(s.created_at) AS row_created_at,
+       outbox_loadable(s.updated_at) AS row_updated_at,
+       outbox_unloadable(s.created_at, s.updated_at) AS unrepresentable
   FROM claimed c
   LEFT JOIN LATERAL (SELECT *
                        FROM search_index i

@@ -11,17 +11,9 @@
 -- event (domain/documents.py, docs/DESIGN.md "Rows that cannot become documents").
 SELECT s.entity_type, s.entity_id, s.library_id, s.text, s.snippet, s.rank_score,
        s.event_version,
-       CASE WHEN s.created_at >= '0001-01-02 00:00:00+00' AND s.created_at < '9999-12-31 00:00:00+00'
-            THEN s.created_at END AS created_at,
-       CASE WHEN s.updated_at >= '0001-01-02 00:00:00+00' AND s.updated_at < '9999-12-31 00:00:00+00'
-            THEN s.updated_at END AS updated_at,
-       concat_ws(', ',
-                 CASE WHEN NOT (s.created_at >= '0001-01-02 00:00:00+00'
-                                AND s.created_at < '9999-12-31 00:00:00+00')
-                      THEN 'created_at ' || s.created_at::text END,
-                 CASE WHEN NOT (s.updated_at >= '0001-01-02 00:00:00+00'
-                                AND s.updated_at < '9999-12-31 00:00:00+00')
-                      THEN 'updated_at ' || s.updated_at::text END) AS unrepresentable
+       outbox_loadable(s.created_at) AS created_at,
+       outbox_loadable(s.updated_at) AS updated_at,
+       outbox_unloadable(s.created_at, s.updated_at) AS unrepresentable
   FROM unnest(%(types)s::text[], %(ids)s::uuid[]) AS k(entity_type, entity_id)
  CROSS JOIN LATERAL (SELECT *
                        FROM search_index i
