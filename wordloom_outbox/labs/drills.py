@@ -210,16 +210,48 @@ def two_supervisors(sc: Scenario) -> None:
     sc.check("four children took part", claims[2] == 4, claims[2])
 
 
+def _stop_a_child_holding_a_batch(sc: Scenario, timeout: float = 60) -> tuple[int, str, int]:
+    """SIGSTOP a child at a moment it holds a claimed batch and has no statement in flight;
+    returns its pid, its owner id (``host:pid``) and the number of events it holds.
+
+    A child seen holding a batch may have acked it (or sent the ack) by the time the signal
+    lands: killed there, it would hold nothing to reclaim, or die between the ack's commit and
+    its counters (the closing check would then see counters short of the database). So the
+    stopped child's statements are let finish (``pg_stat_activity``: none of its sessions
+    active), and only a child that then still holds events is returned; one caught between an
+    ack and its next claim is resumed and another moment tried. AssertionError after
+    ``timeout`` seconds."""
+    from ..adapters.store import application_name
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        owner = sc.wait(lambda: sc.sql("SELECT owner FROM search_outbox_events WHERE status = "
+                                       "'processing' LIMIT 1"), 30, "a batch in flight")[0][0]
+        pid = _owner_pid(owner)
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            continue
+        # a statement sent before the stop (an ack, a renewal) runs to its end on the server
+        sc.wait(lambda: not sc.sql("SELECT 1 FROM pg_stat_activity WHERE application_name = %s "
+                                   "AND state = 'active'", (application_name(owner),)), 30,
+                "the stopped child's statements to end")
+        held = sc.sql("SELECT count(*) FROM search_outbox_events WHERE status = 'processing' "
+                      "AND owner = %s", (owner,))[0][0]
+        if held:
+            return pid, owner, held
+        os.kill(pid, signal.SIGCONT)
+    raise AssertionError(f"no child stopped while holding a batch in {timeout}s")
+
+
 def kill_child(sc: Scenario) -> None:
     """kill -9 of a child holding a batch (lease 3 s): it is replaced, its events are reclaimed
     within lease + poll interval and processed once."""
     svc = sc.service(workers=2, OUTBOX_LEASE_SECONDS="3", OUTBOX_BULK_SIZE="200")
     sc.produce(4000)
-    owner = sc.wait(lambda: sc.sql("SELECT owner FROM search_outbox_events WHERE status = "
-                                   "'processing' LIMIT 1"), 30, "a batch in flight")[0][0]
-    victim = _owner_pid(owner)
+    victim, owner, held = _stop_a_child_holding_a_batch(sc)
     os.kill(victim, signal.SIGKILL)
     t0 = time.monotonic()
+    sc.figures["held"] = held
     sc.wait(lambda: not sc.sql("SELECT 1 FROM search_outbox_events WHERE owner = %s AND status = "
                                "'processing' LIMIT 1", (owner,)), 30, "the dead child's events reclaimed")
     sc.figures["reclaim_seconds"] = round(time.monotonic() - t0, 2)
@@ -228,6 +260,8 @@ def kill_child(sc: Scenario) -> None:
     sc.wait(lambda: victim not in svc.child_pids() and len(svc.child_pids()) == 2, 15, "respawn")
     sc.wait_drained(120)
     sc.figures["reclaimed"] = svc.metric_sum("outbox_reclaimed_total")
+    sc.check("the events the dead child held were reclaimed", sc.figures["reclaimed"] >= held,
+             sc.figures["reclaimed"], f">= {held}")
     sc.check("all done", sc.counts() == {"done": 4000}, sc.counts())
 
 
@@ -239,12 +273,18 @@ def paused_child(sc: Scenario) -> None:
                      OUTBOX_BULK_SIZE="100")
     sc.proxy.set_fault("delay", seconds=0.3, path_contains="_bulk")
     sc.produce(2000)
-    owner = sc.wait(lambda: sc.sql("SELECT owner FROM search_outbox_events WHERE status = "
-                                   "'processing' LIMIT 1"), 30, "a batch in flight")[0][0]
-    victim = _owner_pid(owner)
-    os.kill(victim, signal.SIGSTOP)
-    time.sleep(7)
-    os.kill(victim, signal.SIGCONT)
+    victim, owner, held = _stop_a_child_holding_a_batch(sc)
+    paused_at = time.monotonic()
+    sc.figures["held"] = held
+    try:
+        # paused until the others have reclaimed everything it held (its lease, 3 s, ran out):
+        # a child resumed before that would renew its lease unopposed
+        sc.wait(lambda: not sc.sql("SELECT 1 FROM search_outbox_events WHERE owner = %s AND "
+                                   "status = 'processing' LIMIT 1", (owner,)), 50,
+                "the paused child's events reclaimed")
+        sc.figures["paused_seconds"] = round(time.monotonic() - paused_at, 2)
+    finally:
+        os.kill(victim, signal.SIGCONT)
     sc.proxy.clear_fault()
     sc.wait_drained(120)
     # The resumed child meets the fence at its next fenced write: the renewal before its next
