@@ -159,15 +159,17 @@ def replay_failed(conn: psycopg.Connection, *, actor: str, reason: str, limit: i
     params = _filter_params(error_reason, entity_type, id_list, since_at)
 
     with conn.transaction():
-        matched = conn.execute(named_sql("replay_filter_count"), params).fetchone()[0]
+        rows = conn.execute(named_sql("replay_match"), {**params, "limit": limit}).fetchall()
+        matched = rows[0][1] if rows else 0
         if not filtered and matched > limit:
             raise ReplayRefused(
                 f"{matched} failed events match an empty filter but --limit is {limit}: "
                 "refusing to replay an arbitrary subset. Narrow it with --error-reason, "
                 "--entity-type, --ids or --since, or pass --limit "
                 f"{matched} (or more) to replay them all")
-        select = named_sql("replay_select_dry_run") if dry_run else named_sql("replay_select")
-        selected = [row[0] for row in conn.execute(select, {**params, "limit": limit})]
+        selected = [row[0] for row in rows]
+        if not dry_run:
+            selected = [row[0] for row in conn.execute(named_sql("replay_lock"), {"ids": selected})]
         audit_id = conn.execute(named_sql("replay_insert_audit"), {
             "actor": actor, "reason": reason, "filter": Jsonb(filter_doc), "dry_run": dry_run,
             "matched": matched, "changed": 0 if dry_run else len(selected)}).fetchone()[0]
