@@ -190,11 +190,19 @@ class Lab:
 # -- measuring the service ------------------------------------------------------------------
 
 def service_env(url: str, es_url: str, **extra: str) -> dict:
+    """The service's environment: the product's defaults, except the batch size
+    (``BENCH_BULK_SIZE``) and what a phase passes in ``extra``. The test harness's shorter
+    heartbeat timeout and shutdown grace (``testing/service.py``) are replaced by the
+    product's: with a 5 s heartbeat timeout a child waiting on a slow bulk request of
+    osmem-server was killed as hung."""
+    from wordloom_outbox.settings import SETTINGS_BY_VARIABLE
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("OUTBOX_", "ELASTIC_", "PROMETHEUS_", "BENCH_"))}
     env.update(DATABASE_URL=url, ELASTIC_URL=es_url, ELASTIC_INDEX=INDEX, WORDLOOM_ENV="dev",
                OUTBOX_LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT),
                OUTBOX_BULK_SIZE=os.environ.get("BENCH_BULK_SIZE") or "500")
+    for name in ("OUTBOX_HEARTBEAT_TIMEOUT_SECONDS", "OUTBOX_SHUTDOWN_GRACE_SECONDS"):
+        env[name] = str(SETTINGS_BY_VARIABLE[name].default)
     env.update(extra)
     return env
 

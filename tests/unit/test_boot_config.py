@@ -32,3 +32,26 @@ def test_an_option_libpq_cannot_use_is_refused_with_78(query):
 def test_an_unreachable_server_is_not_a_config_error():
     with pytest.raises(DatabaseUnreachable):
         check_once(settings_for("?sslmode=disable"), connect_timeout=2)
+
+
+def timing(**env):
+    return load_settings({"DATABASE_URL": "postgresql://svc@127.0.0.1:1/db",
+                          "ELASTIC_URL": "http://127.0.0.1:1", **env})
+
+
+def test_timeouts_that_work_against_each_other_are_named():
+    from wordloom_outbox.runtime.boot import timing_warnings
+    assert timing_warnings(timing()) == []  # the defaults: heartbeat 30 s, ES 20 s, SQL 10 s
+    # a heartbeat timeout under one ES request: a child waiting on a slow ES is killed as hung
+    (line,) = timing_warnings(timing(OUTBOX_HEARTBEAT_TIMEOUT_SECONDS="5"))
+    assert line.startswith("OUTBOX_HEARTBEAT_TIMEOUT_SECONDS=5 is not longer than one ES "
+                           "request (20 s) or one database statement (10 s)")
+    # ... or under one database statement
+    (line,) = timing_warnings(timing(OUTBOX_HEARTBEAT_TIMEOUT_SECONDS="12",
+                                     ELASTIC_REQUEST_TIMEOUT_SECONDS="3"))
+    assert "OUTBOX_HEARTBEAT_TIMEOUT_SECONDS=12" in line
+    assert timing_warnings(timing(OUTBOX_HEARTBEAT_TIMEOUT_SECONDS="12.5",
+                                  ELASTIC_REQUEST_TIMEOUT_SECONDS="3")) == []
+    # a shutdown grace under one ES request plus an ack
+    (line,) = timing_warnings(timing(OUTBOX_SHUTDOWN_GRACE_SECONDS="10"))
+    assert line.startswith("OUTBOX_SHUTDOWN_GRACE_SECONDS=10 is shorter than one ES request")

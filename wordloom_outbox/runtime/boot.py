@@ -33,6 +33,7 @@ UNUSABLE_OPTION = re.compile(r"\binvalid (?:[\w ]+ value\b|port number\b|integer
 
 BACKOFF_INITIAL = 0.5  # seconds before the second try
 BACKOFF_MAX = 5.0      # seconds: longest wait between two tries (a dependency back is seen within 5 s)
+HEARTBEAT_MARGIN = 2.0  # seconds a child may need beyond its longest bounded call to beat again
 
 
 class BootRefused(Exception):
@@ -109,13 +110,38 @@ def wait_until_bootable(settings: Settings, *,
 def parent_check(settings: Settings, connect_timeout: float = 2.0) -> None:
     """The parent's boot, before its loop and any fork: :func:`check_once` with a short
     timeout. Raises :class:`BootRefused`; an unreachable database is only logged (the
-    children wait for it), as is a shutdown grace shorter than one ES request."""
+    children wait for it), as are timeouts that work against each other
+    (:func:`timing_warnings`)."""
     try:
         check_once(settings, connect_timeout)
     except DatabaseUnreachable as exc:
         log.warning("%s; starting anyway: the children wait for it, /readyz says 503",
                     exc.detail)
+    for line in timing_warnings(settings):
+        log.warning("%s", line)
+
+
+def timing_warnings(settings: Settings) -> list[str]:
+    """What the timeouts, taken together, will do wrong (each a log line for the parent's
+    boot; none stops the start: a test may want a child killed in the middle of a call):
+
+    - a shutdown grace shorter than one ES request plus an ack: a drain may kill children
+      holding a batch;
+    - a heartbeat timeout not longer than one ES request (``es_timeout``) or one database
+      statement (``OUTBOX_DB_STATEMENT_TIMEOUT_SECONDS``): a child waiting on a slow but
+      answering dependency is killed as hung, and its batch waits out its lease and is
+      reclaimed (an attempt used) instead of being acked.
+    """
+    out = []
     if settings.shutdown_grace < settings.es_timeout + 2:
-        log.warning("OUTBOX_SHUTDOWN_GRACE_SECONDS=%g is shorter than one ES request (%g s) "
-                    "plus an ack: a drain may have to kill children holding a batch",
-                    settings.shutdown_grace, settings.es_timeout)
+        out.append(f"OUTBOX_SHUTDOWN_GRACE_SECONDS={settings.shutdown_grace:g} is shorter than "
+                   f"one ES request ({settings.es_timeout:g} s) plus an ack: a drain may have "
+                   "to kill children holding a batch")
+    longest = max(settings.es_timeout, settings.db_statement_timeout)
+    if settings.heartbeat_timeout <= longest + HEARTBEAT_MARGIN:
+        out.append(f"OUTBOX_HEARTBEAT_TIMEOUT_SECONDS={settings.heartbeat_timeout:g} is not "
+                   f"longer than one ES request ({settings.es_timeout:g} s) or one database "
+                   f"statement ({settings.db_statement_timeout:g} s) plus {HEARTBEAT_MARGIN:g} s:"
+                   " a child waiting on a slow ES or database is killed as hung and its batch "
+                   "reclaimed after the lease; raise it (default 30 s)")
+    return out
