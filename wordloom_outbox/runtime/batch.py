@@ -97,15 +97,26 @@ class BatchProcessor:
     shows a live loop while a single request that never returns does not; ``stop_request()``
     is polled between chunks (None while no stop was asked); ``sleep(seconds)`` waits between
     apply retries; ``interruptible()`` is a context manager around each bulk request inside
-    which a QUIT may raise :class:`FastStop`."""
+    which a QUIT may raise :class:`FastStop`; ``db_down(error)`` is called with the
+    :class:`StoreUnavailable` of every apply that failed and will be retried (the worker turns
+    it into the readiness fact at once, not only when the batch gives up).
+
+    Decisions or a give-back that the database did not take (it was down until the lease ran
+    out) are kept, with their lease token, and written first thing at the next
+    :meth:`run_once` (:meth:`settle`): the events are acked or given back as soon as the
+    database answers instead of waiting out their lease and being reclaimed with an attempt
+    used (docs/DESIGN.md, "Giving back what a child holds")."""
 
     def __init__(self, store: OutboxStore, sink: EsSink, settings: Settings, *,
                  rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic,
                  heartbeat: Callable[[], None] = lambda: None,
                  stop_request: Callable[[], StopRequest | None] = lambda: None,
                  sleep: Callable[[float], None] = time.sleep,
-                 interruptible: Callable[[], ContextManager] = contextlib.nullcontext):
+                 interruptible: Callable[[], ContextManager] = contextlib.nullcontext,
+                 db_down: Callable[[StoreUnavailable], None] = lambda error: None):
         self.store, self.sink, self.settings = store, sink, settings
+        self.db_down = db_down
+        self.owed: list[_Owed] = []  # writes the database did not take, oldest first
         self.heartbeat = heartbeat
         self.stop_request = stop_request
         self.sleep = sleep
@@ -137,13 +148,17 @@ class BatchProcessor:
         """Claim and process one batch of at most ``limit`` (default ``OUTBOX_BULK_SIZE``) events.
 
         Raises ``StoreUnavailable`` when the database fails; events whose apply could not be
-        written are given back when the database allows, else they stay claimed until their
-        lease runs out and are reclaimed.
+        written are given back when the database allows, else their decisions are kept and
+        written by the next call, before it claims (:meth:`settle`).
         """
         s = self.settings
+        settled = BatchResult()
+        self.settle(settled)  # raises StoreUnavailable while the database still fails
         started = self.clock()
         claim = self._claim(limit or s.bulk_size)
-        result = BatchResult(claimed=len(claim.events), reclaimed=claim.reclaimed)
+        result = BatchResult(claimed=len(claim.events), reclaimed=claim.reclaimed,
+                             done=settled.done, retried=settled.retried, failed=settled.failed,
+                             stale=settled.stale, released=settled.released)
         if claim.reclaimed:
             m.base(m.reclaimed_total).inc(claim.reclaimed)
         for event in claim.expired:
@@ -398,20 +413,52 @@ class BatchProcessor:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(StoreUnavailable), stop=lease_over,
             wait=wait, sleep=self.sleep,
+            # every failed try is reported at once, whether or not another one follows
+            after=lambda state: self.db_down(state.outcome.exception()),
             before_sleep=before_sleep, reraise=True)
         try:
             applied_rows = retrying(self.store.apply, token, decisions)
         except StoreUnavailable:
-            self._release(lease, [_Ref(d.event_id) for d in decisions
-                                  if d.event_id in lease.held], "apply_failed", result, ctx)
+            held = [d for d in decisions if d.event_id in lease.held]
+            if not self._release(lease, [_Ref(d.event_id) for d in held], "apply_failed",
+                                 result, ctx, owe=False):
+                # the database is still down: the sink did its part, so the decisions (not a
+                # give-back that would send the events again) are written once it answers
+                self.owed.append(_Owed(token, held, [], ctx))
             raise
+        self._account(decisions, applied_rows, result, ctx)
+
+    def settle(self, result: BatchResult | None = None) -> None:
+        """Write what the database did not take earlier (:attr:`owed`), oldest first: kept
+        decisions through the fenced apply (counted in ``result`` like any apply; a decision
+        the fence rejects, because another claim took the event since, is a stale ack), kept
+        give-backs through the fenced release. Raises :class:`StoreUnavailable` (or
+        :class:`StoreError`) at the first write that fails; it and the rest stay owed."""
+        result = result if result is not None else BatchResult()
+        while self.owed:
+            owed = self.owed[0]
+            if owed.decisions:
+                applied = self.store.apply(owed.token, owed.decisions)
+                log.info("wrote %d decisions kept since the database failed (%d accepted)",
+                         len(owed.decisions), len(applied), extra=owed.ctx)
+                self._account(owed.decisions, applied, result, owed.ctx)
+            else:
+                released = self.store.release(owed.token, owed.release)
+                self._count_released(len(owed.release), released, owed.reason, result,
+                                     owed.ctx)
+            self.owed.pop(0)
+
+    def _account(self, decisions: list[Decision], applied_rows: list, result: BatchResult,
+                 ctx: dict) -> None:
+        """Count the decisions the fence accepted (``applied_rows``) and those it rejected."""
         applied = {a.event_id: a for a in applied_rows}
         done_by_op: collections.Counter = collections.Counter()
         ages: list[float] = []
+        stale = 0
         for d in decisions:
             a = applied.get(d.event_id)
             if a is None:
-                result.stale += 1
+                stale += 1
                 continue
             if d.status is Status.DONE:
                 result.done += 1
@@ -432,28 +479,39 @@ class BatchProcessor:
         for op, n in done_by_op.items():  # one increment per op, not per event
             m.labelled(m.processed_total, op).inc(n)
         m.observe_many(m.base(m.event_latency_seconds), ages)
-        if result.stale:
-            m.base(m.stale_ack_total).inc(result.stale)
-            m.base(m.lease_lost_total).inc(result.stale)
-            log.warning("%d decisions rejected by the lease fence (lease lost)", result.stale,
+        result.stale += stale
+        if stale:
+            m.base(m.stale_ack_total).inc(stale)
+            m.base(m.lease_lost_total).inc(stale)
+            log.warning("%d decisions rejected by the lease fence (lease lost)", stale,
                         extra=ctx)
 
     def _release(self, lease: "_Lease", events: list, reason: str, result: BatchResult,
-                 ctx: dict) -> None:
+                 ctx: dict, owe: bool = True) -> bool:
         """Fenced release of ``events`` (anything with an ``id``): back to pending, due now, no
-        attempt used. A database that cannot be reached leaves them to their lease."""
+        attempt used. True when the database took it (or there was nothing to give back); when
+        it cannot be reached, False, and with ``owe`` the release is kept for :meth:`settle`."""
         ids = [e.id for e in events]
         if not ids:
-            return
+            return True
         try:
             released = self.store.release(lease.token, ids)
         except StoreUnavailable as exc:
-            log.warning("could not give back %d events (%s): %s; they wait out their lease",
-                        len(ids), reason, exc, extra=ctx)
-            return
+            log.warning("could not give back %d events (%s): %s; kept until the database "
+                        "answers", len(ids), reason, exc, extra=ctx)
+            if owe:
+                self.owed.append(_Owed(lease.token, [], ids, ctx, reason))
+            lease.held -= set(ids)
+            return False
         lease.held -= released
-        if len(released) < len(ids):
-            m.base(m.lease_lost_total).inc(len(ids) - len(released))
+        self._count_released(len(ids), released, reason, result, ctx)
+        return True
+
+    @staticmethod
+    def _count_released(asked: int, released: set, reason: str, result: BatchResult,
+                        ctx: dict) -> None:
+        if len(released) < asked:
+            m.base(m.lease_lost_total).inc(asked - len(released))
         result.released += len(released)
         m.labelled(m.released_total, reason).inc(len(released))
         log.info("gave back %d events (%s)", len(released), reason, extra=ctx)
@@ -463,6 +521,18 @@ class BatchProcessor:
         m.labelled(m.failed_total, op, reason).inc()
         if terminal:
             m.labelled(m.terminal_failed_total, op, reason).inc()
+
+
+@dataclasses.dataclass(slots=True)
+class _Owed:
+    """A write the database did not take: the ``decisions`` of a batch whose sink work is done,
+    or the ids to ``release``, fenced by the claim's lease ``token``; ``ctx`` its log context."""
+
+    token: uuid.UUID
+    decisions: list[Decision]
+    release: list[uuid.UUID]
+    ctx: dict
+    reason: str = "apply_failed"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -123,7 +123,9 @@ class Worker:
                                         heartbeat=lambda: self.hooks.heartbeat(False),
                                         stop_request=lambda: self.hooks.stop_request(),
                                         sleep=self._nap,
-                                        interruptible=lambda: self.hooks.interruptible())
+                                        interruptible=lambda: self.hooks.interruptible(),
+                                        db_down=lambda exc: self.hooks.fact(
+                                            "db", False, db_reason(settings, exc)))
         # opt-in tracing: None, and OpenTelemetry never imported, unless OTEL_TRACES_EXPORTER
         self.tracer = tracer or tracing.from_environ()
         if self.tracer is not None:
@@ -201,8 +203,23 @@ class Worker:
                 break
             if result.claimed == 0:
                 self._wait_for_work(s.poll_interval)
+        self._settle_before_exit()
         self._refresh_gauges(force=True)
         return self.totals
+
+    def _settle_before_exit(self) -> None:
+        """One try at writing what the database did not take (acks, give-backs kept since it
+        failed): what is still owed then waits out its lease and is reclaimed."""
+        processor = self.processor
+        if not processor.owed:
+            return
+        try:
+            processor.settle()
+        except (StoreUnavailable, StoreError) as exc:
+            log.warning("leaving with %d events not acked or given back (%s); they are "
+                        "reclaimed when their lease runs out",
+                        sum(len(o.decisions) + len(o.release) for o in processor.owed),
+                        self.settings.scrub(str(exc)), extra={"worker_id": self.settings.worker_id})
 
     def _index_ready(self) -> bool:
         """Before the first claim, create the index with the shipped mapping when it is missing

@@ -1,0 +1,94 @@
+"""A database outage while a child holds a batch, on real PostgreSQL and the real ES-compatible
+server (docs/DESIGN.md, "Giving back what a child holds"): the outage is real (the test
+database stops accepting connections and the worker's sessions are terminated, as a restart
+or a failover does), the batch is held in flight by the ES proxy while it begins.
+
+What the child holds when the database goes away is written (acked or given back) as soon as
+the database answers again, before anything new is claimed: no event waits out its lease, is
+reclaimed or loses an attempt because of the database. Readiness shows the outage while the
+apply is still being retried, not only once the batch gives up at the end of its lease."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from wordloom_outbox.runtime.worker import LoopHooks, Worker
+from wordloom_outbox.testing.db import events, produce, status_counts
+from wordloom_outbox.testing.service import wait_for
+
+
+@contextlib.contextmanager
+def database_outage(db_url: str):
+    """While inside: the database of ``db_url`` refuses new connections and the worker's
+    sessions (``wordloom-outbox%``) are terminated; afterwards it accepts connections again."""
+    dbname = conninfo_to_dict(db_url)["dbname"]
+    admin = make_conninfo(db_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                     "AND application_name LIKE 'wordloom-outbox%%'", (dbname,))
+    try:
+        yield
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+
+
+class ThreadWorker:
+    """A real Worker (own pool, real sink) looping in a thread; ``facts`` records the readiness
+    facts it reports with their wall-clock time."""
+
+    def __init__(self, settings):
+        self.facts: list[tuple[float, str, bool, str]] = []
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.worker = Worker(settings, hooks=LoopHooks(
+            should_stop=self.stop.is_set,
+            fact=lambda name, ok, reason="": self.facts.append((time.time(), name, ok, reason))))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            self.worker.run()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+        self.worker.close()
+
+
+def test_a_batch_held_through_a_database_outage_is_written_when_it_returns_not_reclaimed(
+        settings, db_url, es_proxy, caplog):
+    caplog.set_level(logging.INFO, logger="wordloom_outbox")
+    produce(db_url, 20)
+    es_proxy.set_fault("hang", path_contains="_bulk")  # the batch stays in flight
+    with ThreadWorker(settings.replace(worker_id="test-host:31")) as running:
+        wait_for(lambda: es_proxy.state()["counters"]["hanging"] >= 1, 30, "a bulk in flight")
+        with database_outage(db_url):
+            es_proxy.clear_fault()  # the request ends (no answer): the apply meets the outage
+            gave_up = wait_for(lambda: [r for r in caplog.records
+                                        if "could not give back" in r.getMessage()], 60,
+                               "the batch giving up on its apply and its give-back")
+        wait_for(lambda: status_counts(db_url) == {"done": 20}, 60, "every event done")
+        assert running.error is None
+    rows = events(db_url)
+    # written when the database answered: none waited out its lease, was reclaimed or lost an
+    # attempt to the outage
+    assert {(r["attempts"], r["reclaims"]) for r in rows} == {(0, 0)}
+    assert any("decisions kept since the database failed" in r.getMessage()
+               for r in caplog.records)
+    # readiness said so when the apply first failed, not once the batch gave up
+    down = [t for t, name, ok, _ in running.facts if name == "db" and not ok]
+    assert down and down[0] < gave_up[0].created
