@@ -113,6 +113,9 @@ _BRIEF = (  # (lower-case fragment of a libpq/psycopg message, what /readyz may 
     ("ssl", "TLS failure"),
     ("statement timeout", "statement timed out"),
     ("canceling statement", "statement canceled"),
+    # the worker's pool could not hand out a connection in time (store.classify_db_error):
+    # every connection attempt failed meanwhile; the pool's log lines say why
+    ("no connection from the pool", "no connection could be made"),
 )
 
 

@@ -92,3 +92,43 @@ def test_a_batch_held_through_a_database_outage_is_written_when_it_returns_not_r
     # readiness said so when the apply first failed, not once the batch gave up
     down = [t for t, name, ok, _ in running.facts if name == "db" and not ok]
     assert down and down[0] < gave_up[0].created
+
+
+def test_a_lease_renewal_that_meets_the_outage_is_a_warning_and_the_batch_goes_on(
+        settings, db_url, es, caplog):
+    """A renewal due between two bulk requests of a batch while the database is down: a
+    warning naming the database failure (no traceback: the outage is an expected fault), the
+    batch goes on while its lease lasts, and every event ends done once the database is back."""
+    from wordloom_outbox.adapters.sink import EsSink, default_index_body
+    from wordloom_outbox.adapters.store import OutboxStore, make_pool
+    from wordloom_outbox.runtime.batch import BatchProcessor
+
+    caplog.set_level(logging.INFO, logger="wordloom_outbox")
+    # lease 8 s: a renewal is due past 4 s, rows are read again only past 5 s (ROW_MAX_AGE);
+    # about 3 actions a request, so the batch of 30 events is 10 requests
+    settings = settings.replace(lease_seconds=8.0, bulk_max_bytes=1200, worker_id="test-host:32")
+    es.indices.create(index=settings.elastic_index, **default_index_body())
+    produce(db_url, 30)
+    store = OutboxStore(make_pool(db_url, worker_id=settings.worker_id, timeout=1.0))
+    sink = EsSink(settings)
+    clock = {"t": 0.0}
+    beats = []
+    with contextlib.ExitStack() as outage:
+        def beat():  # before every bulk request
+            beats.append(clock["t"])
+            if len(beats) == 1:  # the first request is sent, then the database goes away
+                clock["t"] = 4.5
+                outage.enter_context(database_outage(db_url))
+            elif len(beats) == 2:  # the second request follows the failed renewal
+                outage.close()
+
+        try:
+            result = BatchProcessor(store, sink, settings, clock=lambda: clock["t"],
+                                    heartbeat=beat).run_once()
+        finally:
+            sink.close()
+            store.pool.close()
+    failed = [r for r in caplog.records if "lease renewal failed" in r.getMessage()]
+    assert failed and all(r.exc_info is None and r.levelno == logging.WARNING for r in failed)
+    assert "database unavailable" in failed[0].getMessage()
+    assert result.done == 30 and status_counts(db_url) == {"done": 30}

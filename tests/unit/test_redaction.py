@@ -88,5 +88,11 @@ def test_readiness_reasons_of_the_worker_and_the_boot_check_are_brief():
     exc = psycopg.OperationalError('connection to server at "10.1.2.3", port 5432 failed: '
                                    'Connection refused')
     assert db_reason(settings, exc) == "database unreachable (connection refused)"
+    # the pool waited out its timeout without a connection: a cause, not a class name
+    import psycopg_pool
+    from wordloom_outbox.adapters.store import classify_db_error
+    pool_timeout = classify_db_error(psycopg_pool.PoolTimeout(
+        "couldn't get a connection after 10.00 sec"))
+    assert db_reason(settings, pool_timeout) == "database unreachable (no connection could be made)"
     boot = DatabaseUnreachable(brief_database_error(exc), "database unreachable: detail")
     assert str(boot) == "database unreachable (connection refused)" and boot.detail.endswith("detail")

@@ -21,7 +21,7 @@ import tenacity
 
 from ..adapters import metrics as m
 from ..adapters.sink import EsSink, SinkError
-from ..adapters.store import OutboxStore, StoreUnavailable
+from ..adapters.store import OutboxStore, StoreError, StoreUnavailable
 from ..domain.actions import (BulkAction, chunk_actions, plan_batch, rebuild_actions,
                               split_in_half)
 from ..domain.classify import (Kind, Outcome, classify_failure, classify_response,
@@ -279,6 +279,17 @@ class BatchProcessor:
         if lease.deadline - now < s.lease_seconds / 2:
             try:
                 renewed = self.store.renew(lease.token, sorted(lease.held), s.lease_seconds)
+            except StoreUnavailable as exc:
+                # an expected fault (down, restarting, busy): the batch goes on while its lease
+                # lasts; no traceback
+                log.warning("lease renewal failed (%s); going on while the lease lasts", exc,
+                            extra=ctx)
+                self.db_down(exc)
+                renewed = None
+            except StoreError as exc:
+                log.error("lease renewal failed (%s); going on while the lease lasts", exc,
+                          extra=ctx)
+                renewed = None
             except Exception:
                 log.exception("lease renewal failed", extra=ctx)
                 renewed = None
