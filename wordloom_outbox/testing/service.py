@@ -33,12 +33,18 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def wait_for(cond: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
-    """Poll ``cond`` until it returns a truthy value and return it; AssertionError naming
-    ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+def wait_for(cond: Callable[[], object], timeout: float, what: str, interval: float = 0.1, *,
+             clock: Callable[[], float] = time.monotonic,
+             sleep: Callable[[float], None] = time.sleep):
+    """Poll ``cond`` every ``interval`` seconds until it returns a truthy value and return it;
+    AssertionError naming ``what`` after ``timeout`` seconds. ``cond`` is always tried once
+    more after the deadline: a driver descheduled past the deadline between two polls (a loaded
+    machine) does not fail on a condition that holds. ``clock`` (monotonic seconds) and
+    ``sleep`` are seams."""
+    deadline = clock() + timeout
     last = None
-    while time.monotonic() < deadline:
+    while True:
+        expired = clock() >= deadline
         try:
             last = cond()
         except Exception as exc:  # keep polling; report the last error on timeout
@@ -46,7 +52,9 @@ def wait_for(cond: Callable[[], object], timeout: float, what: str, interval: fl
         else:
             if last:
                 return last
-        time.sleep(interval)
+        if expired:
+            break
+        sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
