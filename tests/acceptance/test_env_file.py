@@ -90,15 +90,11 @@ class WrappedService(Service):
         super().__init__(env, **kw)
         self.env_file, self.cwd = env_file, cwd
 
-    def start(self, timeout: float = 30.0):
-        self._log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(
+    def popen(self):
+        return subprocess.Popen(
             [str(RUN_WRAPPER), "--env-file", str(self.env_file), "--workers", str(self.workers)],
             env={**self.env, "WORDLOOM_OUTBOX_PYTHON": sys.executable},
             stdout=self._log, stderr=subprocess.STDOUT, cwd=self.cwd)
-        wait_for(lambda: self.health("healthz")[1].get("children") is not None, timeout,
-                 "the service to answer /healthz")
-        return self
 
 
 def owners(db_url) -> set[str]:

@@ -111,3 +111,23 @@ def test_ttin_ttou_and_hup(service_factory, db_url):
     wait_for(lambda: done_count(db_url) == 5000, 120, "all events done")
     assert status_counts(db_url) == {"done": 5000}
     assert set(before).isdisjoint(svc.child_pids())
+
+
+def test_the_harness_starts_the_service_again_when_a_port_it_picked_was_taken(env):
+    """A port the harness picked can be taken before the service binds it (an outgoing
+    connection gets it as its ephemeral port): the service exits 78 naming it and the harness
+    starts it on a new port instead of failing the test."""
+    import socket
+
+    from wordloom_outbox.testing.service import Service
+    svc = Service(env, workers=1)
+    taken = svc.http_port
+    with socket.socket() as thief:
+        thief.bind(("127.0.0.1", taken))  # bound, not listening: connections to it are refused
+        try:
+            svc.start()
+            assert svc.http_port != taken and svc.health("healthz")[0] == 200
+            assert f"OUTBOX_HTTP_PORT={taken} " in svc.log()
+            assert svc.env["OUTBOX_HTTP_PORT"] == str(svc.http_port)
+        finally:
+            svc.stop()

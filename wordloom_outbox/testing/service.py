@@ -22,6 +22,7 @@ from .embedded import free_port
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (or site-packages) holding the package
 # variables of the service that a driver's own environment must not leak into a subprocess
 SERVICE_PREFIXES = ("OUTBOX_", "ELASTIC_", "PROMETHEUS_", "DATABASE_URL")
+PORT_ATTEMPTS = 3  # starts of the service on new ports when one it was given was taken
 
 
 def clean_env(extra: dict[str, str]) -> dict[str, str]:
@@ -124,6 +125,7 @@ class ServiceProc:
         self.args = args
         self.new_session = new_session
         self.http_port, self.metrics_port = free_port(), free_port()
+        self._picked = {self.http_port, self.metrics_port}
         self.mp_dir = mp_dir or tempfile.mkdtemp(prefix="wo-metrics-")
         self.log_path = log_path or tempfile.mktemp(prefix="wo-service-", suffix=".log")
         self.env = {"OUTBOX_HEARTBEAT_TIMEOUT_SECONDS": "5",
@@ -135,14 +137,58 @@ class ServiceProc:
         self.proc: subprocess.Popen | None = None
         self._log = None
 
+    def popen(self) -> subprocess.Popen:
+        """Start the process (output to the log); subclasses may start it another way."""
+        return subprocess.Popen(cli_cmd("run", "--workers", str(self.workers), *self.args),
+                                env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                start_new_session=self.new_session)
+
     def start(self, timeout: float = 30.0) -> "ServiceProc":
-        self._log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(cli_cmd("run", "--workers", str(self.workers), *self.args), env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=self.new_session)
-        wait_for(lambda: self.health("healthz")[1].get("children") is not None, timeout,
-                 "the service to answer /healthz")
-        return self
+        """Start the service and wait (``timeout`` seconds) until it answers ``/healthz`` as
+        itself (the pid in the answer is ours). A port :func:`free_port` picked can be taken
+        by another process before the service binds it (an outgoing connection gets it as its
+        ephemeral port): the service then exits 78 saying so, and is started again on new
+        ports (at most ``PORT_ATTEMPTS`` times). AssertionError with the log's end when it
+        exits otherwise, or does not answer in time."""
+        for _ in range(PORT_ATTEMPTS):
+            self._log = open(self.log_path, "a")
+            offset = self._log.tell()
+            self.proc = self.popen()
+
+            def up():
+                if self.proc.poll() is not None:
+                    return "exited"
+                body = self.health("healthz")[1]
+                return "up" if body.get("pid") == self.proc.pid and \
+                    body.get("children") is not None else None
+            if wait_for(up, timeout, "the service to answer /healthz") == "up":
+                return self
+            self._log.close()
+            self._log = None
+            with open(self.log_path) as fh:
+                fh.seek(offset)
+                said = fh.read()
+            if not (self.proc.returncode == 78 and "Address already in use" in said
+                    and self._new_ports(said)):
+                raise AssertionError(f"the service exited {self.proc.returncode} before "
+                                     f"answering /healthz:\n{said[-3000:]}")
+        raise AssertionError(f"no free ports in {PORT_ATTEMPTS} attempts:\n{said[-3000:]}")
+
+    def _new_ports(self, said: str) -> bool:
+        """Pick a new port for each port variable the log names as taken, if the harness picked
+        it (a test's own choice is not changed); True when one was changed."""
+        changed = False
+        for variable in ("OUTBOX_HTTP_PORT", "OUTBOX_METRICS_PORT"):
+            attr = "http_port" if variable == "OUTBOX_HTTP_PORT" else "metrics_port"
+            port = getattr(self, attr)
+            if f"{variable}={port} " in said and self.env.get(variable) == str(port) \
+                    and port in self._picked:
+                new = free_port()
+                setattr(self, attr, new)
+                self.env[variable] = str(new)
+                self._picked.add(new)
+                changed = True
+        return changed
 
     def log(self) -> str:
         with open(self.log_path) as fh:
