@@ -7,10 +7,9 @@ import os
 import signal
 import time
 
-import psycopg
 
 from wordloom_outbox.testing.db import produce
-from wordloom_outbox.testing.db import done_count, status_counts
+from wordloom_outbox.testing.db import done_count, status_counts, stop_a_child_holding_a_batch
 from wordloom_outbox.testing.service import pid_alive, wait_for
 
 
@@ -35,14 +34,10 @@ def test_kill_9_of_a_child_mid_batch_is_replaced_and_its_events_reclaimed_once(s
     svc = service_factory(workers=2, OUTBOX_LEASE_SECONDS="3", OUTBOX_BULK_SIZE="200")
     first = svc.wait_children(2)
     produce(db_url, 6000)
-
-    def mid_batch():
-        with psycopg.connect(db_url) as conn:
-            return conn.execute("SELECT owner FROM search_outbox_events WHERE status = "
-                                "'processing' LIMIT 1").fetchone()
-    owner = wait_for(mid_batch, 30, "a batch in flight")[0]
-    victim = int(owner.rsplit(":", 1)[1])
-    assert victim in first
+    # stopped holding a batch it has not acked (no ack in flight): the kill cannot land between
+    # an ack's commit and the counters
+    victim, owner, held = stop_a_child_holding_a_batch(db_url)
+    assert victim in first and held > 0
     killed_at = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     replaced = wait_for(lambda: (lambda p: p if victim not in p and len(p) == 2 else None)(

@@ -14,6 +14,7 @@ import time
 import urllib.request
 import uuid
 
+from ..testing.db import stop_a_child_holding_a_batch
 from .lab import Scenario
 
 OUTAGE_SECONDS = float(os.environ.get("LABS_ES_OUTAGE_SECONDS", "120"))
@@ -210,45 +211,12 @@ def two_supervisors(sc: Scenario) -> None:
     sc.check("four children took part", claims[2] == 4, claims[2])
 
 
-def _stop_a_child_holding_a_batch(sc: Scenario, timeout: float = 60) -> tuple[int, str, int]:
-    """SIGSTOP a child at a moment it holds a claimed batch and has no statement in flight;
-    returns its pid, its owner id (``host:pid``) and the number of events it holds.
-
-    A child seen holding a batch may have acked it (or sent the ack) by the time the signal
-    lands: killed there, it would hold nothing to reclaim, or die between the ack's commit and
-    its counters (the closing check would then see counters short of the database). So the
-    stopped child's statements are let finish (``pg_stat_activity``: none of its sessions
-    active), and only a child that then still holds events is returned; one caught between an
-    ack and its next claim is resumed and another moment tried. AssertionError after
-    ``timeout`` seconds."""
-    from ..adapters.store import application_name
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        owner = sc.wait(lambda: sc.sql("SELECT owner FROM search_outbox_events WHERE status = "
-                                       "'processing' LIMIT 1"), 30, "a batch in flight")[0][0]
-        pid = _owner_pid(owner)
-        try:
-            os.kill(pid, signal.SIGSTOP)
-        except ProcessLookupError:
-            continue
-        # a statement sent before the stop (an ack, a renewal) runs to its end on the server
-        sc.wait(lambda: not sc.sql("SELECT 1 FROM pg_stat_activity WHERE application_name = %s "
-                                   "AND state = 'active'", (application_name(owner),)), 30,
-                "the stopped child's statements to end")
-        held = sc.sql("SELECT count(*) FROM search_outbox_events WHERE status = 'processing' "
-                      "AND owner = %s", (owner,))[0][0]
-        if held:
-            return pid, owner, held
-        os.kill(pid, signal.SIGCONT)
-    raise AssertionError(f"no child stopped while holding a batch in {timeout}s")
-
-
 def kill_child(sc: Scenario) -> None:
     """kill -9 of a child holding a batch (lease 3 s): it is replaced, its events are reclaimed
     within lease + poll interval and processed once."""
     svc = sc.service(workers=2, OUTBOX_LEASE_SECONDS="3", OUTBOX_BULK_SIZE="200")
     sc.produce(4000)
-    victim, owner, held = _stop_a_child_holding_a_batch(sc)
+    victim, owner, held = stop_a_child_holding_a_batch(sc.db_url)
     os.kill(victim, signal.SIGKILL)
     t0 = time.monotonic()
     sc.figures["held"] = held
@@ -273,7 +241,7 @@ def paused_child(sc: Scenario) -> None:
                      OUTBOX_BULK_SIZE="100")
     sc.proxy.set_fault("delay", seconds=0.3, path_contains="_bulk")
     sc.produce(2000)
-    victim, owner, held = _stop_a_child_holding_a_batch(sc)
+    victim, owner, held = stop_a_child_holding_a_batch(sc.db_url)
     paused_at = time.monotonic()
     sc.figures["held"] = held
     try:

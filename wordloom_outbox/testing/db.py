@@ -1,9 +1,12 @@
 """Database helpers of the harness: produce events through the producer helper, read outbox
-state. Every function opens its own short connection to ``url``; runs in the driver's process.
+state, catch a child holding a batch. Every function opens its own short connection to
+``url``; runs in the driver's process.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 
@@ -62,3 +65,36 @@ def wait_drained(url: str, timeout: float = 120) -> float:
     wait_for(lambda: not sql(url, "SELECT 1 FROM search_outbox_events WHERE status IN "
                                   "('pending', 'processing') LIMIT 1"), timeout, "drained")
     return time.monotonic() - t0
+
+
+def stop_a_child_holding_a_batch(url: str, timeout: float = 60) -> tuple[int, str, int]:
+    """SIGSTOP a child of a service on database ``url`` at a moment it holds a claimed batch and
+    has no statement in flight; returns its pid, its owner id (``host:pid``) and the number of
+    events it holds. The child stays stopped: the caller kills or resumes it.
+
+    A child seen holding a batch may have acked it (or sent the ack) by the time a signal
+    lands: killed there, it would hold nothing to reclaim, or die between the ack's commit and
+    its counters (counters short of the database). So the stopped child's statements are let
+    finish (``pg_stat_activity``: none of its sessions active), and only a child that then
+    still holds events is returned; one caught between an ack and its next claim is resumed
+    and another moment tried. AssertionError after ``timeout`` seconds."""
+    from ..adapters.store import application_name
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        owner = wait_for(lambda: sql(url, "SELECT owner FROM search_outbox_events WHERE status = "
+                                          "'processing' LIMIT 1"), 30, "a batch in flight")[0][0]
+        pid = int(owner.rsplit(":", 1)[1])
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            continue
+        # a statement sent before the stop (an ack, a renewal) runs to its end on the server
+        wait_for(lambda: not sql(url, "SELECT 1 FROM pg_stat_activity WHERE application_name = "
+                                      "%s AND state = 'active'", (application_name(owner),)), 30,
+                 "the stopped child's statements to end")
+        held = sql(url, "SELECT count(*) FROM search_outbox_events WHERE status = 'processing' "
+                        "AND owner = %s", (owner,))[0][0]
+        if held:
+            return pid, owner, held
+        os.kill(pid, signal.SIGCONT)
+    raise AssertionError(f"no child stopped while holding a batch in {timeout}s")
