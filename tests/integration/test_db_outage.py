@@ -132,3 +132,36 @@ def test_a_lease_renewal_that_meets_the_outage_is_a_warning_and_the_batch_goes_o
     assert failed and all(r.exc_info is None and r.levelno == logging.WARNING for r in failed)
     assert "database unavailable" in failed[0].getMessage()
     assert result.done == 30 and status_counts(db_url) == {"done": 30}
+
+
+def test_the_store_is_back_as_soon_as_the_database_is_not_when_the_pools_backoff_ends(db_url):
+    """psycopg_pool reconnects with a doubling delay (1, 2, 4, ... 128 s, for up to 5 min), so
+    after an outage of some seconds a pool alone would try again only seconds to minutes after
+    the database is back (a child stayed out 44 s after a 30 s outage). The store connects
+    itself while its pool has no connection after a failure: the first statement after the
+    outage succeeds, and the outage's own error names the cause."""
+    from wordloom_outbox.adapters.store import OutboxStore, StoreUnavailable, make_pool
+
+    produce(db_url, 3)
+    # one connection: the pool's background reconnection is one sequence of tries
+    store = OutboxStore(make_pool(db_url, worker_id="test-host:33", timeout=1.0, min_size=1,
+                                  max_size=1))
+    try:
+        assert store.claim("w", 1, 30, 600, 10).events
+        with database_outage(db_url):
+            errors = []
+            try:
+                store.claim("w", 1, 30, 600, 10)
+            except StoreUnavailable as exc:
+                errors.append(exc)
+            assert errors, "a claim during the outage fails"
+            # the pool has tried 4 times in the background (0, 1, 3, 7 s): its next try is
+            # about 8 s away
+            wait_for(lambda: store.pool.get_stats().get("connections_errors", 0) >= 4, 30,
+                     "the pool's reconnection backing off")
+        started = time.monotonic()
+        claim = wait_for(lambda: store.claim("w", 1, 30, 600, 10), 30, "a claim that succeeds")
+        assert claim.events and time.monotonic() - started < 3.0
+        assert "not currently accepting connections" in str(errors[0])
+    finally:
+        store.pool.close()

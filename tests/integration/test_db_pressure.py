@@ -201,7 +201,7 @@ def test_connections_broken_by_a_restart_cost_no_failed_statement(db_url, outbox
                                                                   pressure_settings):
     """A healthy pool hands its connections out unchecked (no round trip per statement); when
     every pooled connection was cut since its last use (what a Postgres restart does), the
-    statement that meets a broken one runs again on a checked connection and succeeds."""
+    statement that meets a broken one runs again on a fresh pool and succeeds."""
     produce(db_url, 4)
     pool = make_pool(db_url, worker_id="test-host:77", min_size=2, max_size=2)
     try:
@@ -214,9 +214,11 @@ def test_connections_broken_by_a_restart_cost_no_failed_statement(db_url, outbox
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
             "WHERE application_name = 'wordloom-outbox test-host:77'").fetchone()[0]
         assert killed == 2
-        claim = store.claim("w", 10, 30, 600, 10)  # meets a dead connection, retried checked
+        claim = store.claim("w", 10, 30, 600, 10)  # meets a dead connection, retried
         assert len(claim.events) == 3
-        assert pool.suspect is False  # cleared by the statement that succeeded
+        # retried on a fresh pool, which replaced the one with the dead connections
+        assert store.pool is not pool and pool.closed and store.pool.suspect is False
         assert store.claim("w", 10, 30, 600, 10).events == []
     finally:
         pool.close()
+        store.pool.close()

@@ -181,20 +181,28 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
 
 
 class OutboxPool(ConnectionPool):
-    """The store's psycopg pool. A healthy pool hands its connections out unchecked: the
-    pool's usual check (an empty statement, one round trip) before every statement was a tenth
-    of a child's time on the no-op sink (docs/PERFORMANCE.md). After a statement failed for a
-    connection or server reason (a Postgres restart leaves broken connections behind) the pool
-    is ``suspect``: it checks each connection it hands out, discarding the broken ones, until a
-    statement succeeds again (:class:`OutboxStore` sets and clears the flag)."""
+    """The store's psycopg pool. It hands its connections out unchecked: the pool's usual
+    check (an empty statement, one round trip) before every statement was a tenth of a child's
+    time on the no-op sink (docs/PERFORMANCE.md). After a statement failed for a connection or
+    server reason (a Postgres restart or an outage leaves broken connections behind) the pool
+    is ``suspect`` (:class:`OutboxStore` sets the flag) and the store replaces it with a
+    :meth:`fresh` one as soon as the database answers (:meth:`OutboxStore._ready_pool`).
+
+    Why not let the pool heal itself: psycopg_pool replaces a lost connection in the background
+    with a doubling delay (1, 2, 4, ... 128 s, for up to 5 minutes), so after an outage it would
+    reach the database only when its next try came, seconds to minutes after the database was
+    back (a child stayed out 44 s after a 30 s outage); and a broken connection still idle in
+    it would make the next statement wait out the pool's timeout."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         self.suspect = False
-        super().__init__(*args, check=self._check_while_suspect, **kwargs)
+        self._made_with = (args, dict(kwargs))
+        super().__init__(*args, **kwargs)
 
-    def _check_while_suspect(self, conn: psycopg.Connection) -> None:
-        if self.suspect:
-            self.check_connection(conn)
+    def fresh(self) -> "OutboxPool":
+        """A new, open pool made like this one (its first connection is made at once)."""
+        args, kwargs = self._made_with
+        return type(self)(*args, **kwargs)
 
 
 def make_pool(database_url: str, *, min_size: int = 1, max_size: int = 2,
@@ -227,12 +235,14 @@ class OutboxStore:
         """Run one statement (its own transaction) and return its rows, or its row count when
         ``rows`` is False. A statement that fails on a connection the pool handed out unchecked
         because the connection was broken (a Postgres restart since it was last used) runs once
-        more on a checked connection, so a restart long past costs no failed batch."""
+        more on a fresh pool once the database answers (:meth:`_ready_pool`), so a restart long
+        past costs no failed batch."""
         retry = not getattr(self.pool, "suspect", True)
         while True:
             conn = None
             try:
-                with self.pool.connection() as conn:
+                pool = self._ready_pool()
+                with pool.connection() as conn:
                     try:
                         cur = conn.cursor(row_factory=dict_row) if dicts else conn.cursor()
                         cur.execute(sql, params)
@@ -254,6 +264,21 @@ class OutboxStore:
                 raise error from exc
             self.pool.suspect = False
             return result
+
+    def _ready_pool(self) -> ConnectionPool:
+        """The pool to run the next statement on. After a connection or server failure
+        (``suspect``) the database is first tried directly (one connection, with the pool's
+        session settings): while it is still down that raises the psycopg error, which names
+        the cause (connection refused, starting up, ...) at once instead of a pool timeout;
+        once it answers, a :meth:`OutboxPool.fresh` pool replaces the suspect one (closed, its
+        background reconnection with it)."""
+        pool = self.pool
+        if not (isinstance(pool, OutboxPool) and pool.suspect):
+            return pool
+        psycopg.connect(pool.conninfo, **pool.kwargs).close()  # raises while still down
+        self.pool = pool.fresh()
+        pool.close(timeout=1.0)
+        return self.pool
 
     def claim(self, owner: str, limit: int, lease_seconds: float, max_processing_seconds: float,
               max_attempts: int, suspects: bool = True) -> Claim:
