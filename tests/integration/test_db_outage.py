@@ -89,6 +89,9 @@ def test_a_batch_held_through_a_database_outage_is_written_when_it_returns_not_r
     assert {(r["attempts"], r["reclaims"]) for r in rows} == {(0, 0)}
     assert any("decisions kept since the database failed" in r.getMessage()
                for r in caplog.records)
+    # the apply was retried all along the lease (about once a second): one warning for it
+    retried = [r for r in caplog.records if "apply failed" in r.getMessage()]
+    assert [r.levelno for r in retried if r.levelno >= logging.WARNING] == [logging.WARNING]
     # readiness said so when the apply first failed, not once the batch gave up
     down = [t for t, name, ok, _ in running.facts if name == "db" and not ok]
     assert down and down[0] < gave_up[0].created

@@ -417,8 +417,11 @@ class BatchProcessor:
             return max(0.0, min(backoff(state), lease.deadline - RELEASE_MARGIN - self.clock()))
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
-            log.warning("apply failed (%s); retrying while the lease lasts",
-                        state.outcome.exception(), extra=ctx)
+            # once per batch: through an outage the apply is tried about once a second, and how
+            # the batch ends (acked, given back or kept) is logged anyway
+            log.log(logging.WARNING if state.attempt_number == 1 else logging.DEBUG,
+                    "apply failed (%s); retrying while the lease lasts", state.outcome.exception(),
+                    extra=ctx)
             self.heartbeat()
 
         retrying = tenacity.Retrying(
