@@ -16,6 +16,7 @@ import threading
 import time
 
 import psycopg
+import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from wordloom_outbox.runtime.worker import LoopHooks, Worker
@@ -168,3 +169,61 @@ def test_the_store_is_back_as_soon_as_the_database_is_not_when_the_pools_backoff
         assert "not currently accepting connections" in str(errors[0])
     finally:
         store.pool.close()
+
+
+# -- an answer lost with its connection (the server ran and committed the statement) --------
+
+@pytest.fixture
+def lossy(db_url, settings, es):
+    """A store whose one connection goes through a relay that can lose an answer, a real sink
+    and the index; yields ``(store, sink, relay, settings)``."""
+    from wordloom_outbox.adapters.sink import EsSink, default_index_body
+    from wordloom_outbox.adapters.store import OutboxStore, make_pool
+    from wordloom_outbox.testing.pgproxy import PgProxy
+
+    info = conninfo_to_dict(db_url)
+    relay = PgProxy(int(info["port"]))
+    es.indices.create(index=settings.elastic_index, **default_index_body())
+    store = OutboxStore(make_pool(relay.url(info["dbname"]), min_size=1, max_size=1))
+    sink = EsSink(settings)
+    store.ping()
+    try:
+        yield store, sink, relay, settings
+    finally:
+        sink.close()
+        store.pool.close()
+        relay.close()
+
+
+def test_a_claim_whose_answer_was_lost_is_given_back_not_left_to_its_lease(lossy, db_url):
+    """The claim's connection breaks after the server committed it: the retry claims other
+    events under a token of its own, and those the lost answer held are given back at the next
+    batch, neither waiting out their lease (10 s) nor reclaimed with an attempt."""
+    from wordloom_outbox.runtime.batch import BatchProcessor
+
+    store, sink, relay, settings = lossy
+    produce(db_url, 10)
+    processor = BatchProcessor(store, sink, settings.replace(bulk_size=3))
+    relay.arm()
+    first = processor.run_once()
+    assert relay.lost.is_set() and first.done == 3
+    for _ in range(10):  # until a claim finds nothing, well within the lease
+        if processor.run_once().claimed == 0:
+            break
+    assert status_counts(db_url) == {"done": 10}
+    assert {(r["attempts"], r["reclaims"]) for r in events(db_url)} == {(0, 0)}
+
+
+def test_an_apply_whose_answer_was_lost_counts_its_decisions_as_written(lossy, db_url):
+    """The apply's connection breaks after the server committed it: its retry finds every
+    event already settled under the claim's token, which is the batch's own write, not a
+    stale ack (no 'lease lost' for a lease nobody took)."""
+    from wordloom_outbox.runtime.batch import BatchProcessor
+
+    store, sink, relay, settings = lossy
+    produce(db_url, 5)
+    # armed before the bulk request: the next statement is the batch's apply
+    result = BatchProcessor(store, sink, settings, heartbeat=relay.arm).run_once()
+    assert relay.lost.is_set()
+    assert (result.done, result.stale) == (5, 0)
+    assert status_counts(db_url) == {"done": 5}

@@ -57,10 +57,10 @@ idempotent_noop_total = Counter("outbox_idempotent_noop_total",
                                 "Acks that changed nothing in ES: stale version (409), delete "
                                 "of a missing document, superseded in the batch",
                                 BASE + ("reason",))
-RELEASE_REASONS = ("quit", "drain_overrun", "not_sent", "apply_failed")
+RELEASE_REASONS = ("quit", "drain_overrun", "not_sent", "apply_failed", "claim_lost")
 released_total = Counter("outbox_released_total",
                          "Held events given back to pending without an attempt (fenced release) "
-                         "by reason: quit, drain_overrun, not_sent, apply_failed",
+                         "by reason: quit, drain_overrun, not_sent, apply_failed, claim_lost",
                          BASE + ("reason",))
 stale_ack_total = Counter("outbox_stale_ack_total", "Decisions rejected by the lease fence", BASE)
 lease_lost_total = Counter("outbox_lease_lost_total",

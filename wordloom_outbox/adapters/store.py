@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import uuid
 from importlib import resources
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import psycopg
 import psycopg_pool
@@ -29,10 +29,14 @@ class StoreUnavailable(RuntimeError):
     logs. The worker waits it out with backoff; the psycopg error is chained as ``__cause__``."""
 
     reason = "unavailable"
+    # True when the statement was handed to a connection that then broke: the server may have
+    # run and committed it, its answer lost (OutboxStore.claim gives such claims back)
+    sent = False
 
     def __init__(self, message: str, sqlstate: str | None = None, reason: str | None = None):
         super().__init__(message)
         self.sqlstate = sqlstate
+        self.unknown_claims: list[uuid.UUID] = []
         if reason:
             self.reason = reason
 
@@ -125,6 +129,10 @@ class Claim:
     events: list[OutboxEvent]
     expired: list[OutboxEvent]
     rows: dict = dataclasses.field(default_factory=dict)
+    # lease tokens of earlier tries of this claim whose answer was lost with their connection:
+    # the server may have claimed events under them, which nobody knows of; give them back
+    # (OutboxStore.release_claims)
+    unknown_claims: list[uuid.UUID] = dataclasses.field(default_factory=list)
 
     @property
     def suspect(self) -> bool:
@@ -231,12 +239,16 @@ class OutboxStore:
     def __init__(self, pool: ConnectionPool):
         self.pool = pool
 
-    def _execute(self, sql: str, params: dict[str, Any], rows: bool = True, dicts: bool = False):
+    def _execute(self, sql: str, params: dict[str, Any], rows: bool = True, dicts: bool = False,
+                 again: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
         """Run one statement (its own transaction) and return its rows, or its row count when
         ``rows`` is False. A statement that fails on a connection the pool handed out unchecked
         because the connection was broken (a Postgres restart since it was last used) runs once
         more on a fresh pool once the database answers (:meth:`_ready_pool`), so a restart long
-        past costs no failed batch."""
+        past costs no failed batch; with the parameters ``again(params)`` returns, when given.
+        The failed try may have been run and committed by the server, its answer lost: the
+        statement must be one that may run twice, or ``again`` must make it so. A
+        :class:`StoreUnavailable` raised after such a try has ``sent`` True."""
         retry = not getattr(self.pool, "suspect", True)
         while True:
             conn = None
@@ -257,9 +269,11 @@ class OutboxStore:
                 if type(error) is StoreUnavailable:
                     # down or restarting: other pooled connections may be broken too
                     self.pool.suspect = True
-                    if (retry and isinstance(exc, psycopg.OperationalError)
-                            and conn is not None and conn.broken):
+                    error.sent = (isinstance(exc, psycopg.OperationalError)
+                                  and conn is not None and conn.broken)
+                    if retry and error.sent:
                         retry = False
+                        params = again(params) if again is not None else params
                         continue
                 raise error from exc
             self.pool.suspect = False
@@ -285,11 +299,23 @@ class OutboxStore:
         """Claim up to ``limit`` events under a new lease token for ``lease_seconds``: a poison
         suspect alone (unless ``suspects`` is False), else stuck and due pending events
         (``adapters/sql/claim.sql``), with their entities' rows (``Claim.rows``)."""
-        token = uuid.uuid4()
-        rows = self._execute(claim_and_load_sql(), dict(
-            limit=limit, owner=owner, token=token, lease=float(lease_seconds),
-            max_processing=float(max_processing_seconds), max_attempts=max_attempts,
-            suspects=bool(suspects)), dicts=True)
+        tokens = [uuid.uuid4()]
+
+        def new_token(params: dict[str, Any]) -> dict[str, Any]:
+            # the try whose connection broke may have claimed events (its answer lost): the
+            # retry claims under a token of its own, the lost one is reported to be given back
+            tokens.append(uuid.uuid4())
+            return {**params, "token": tokens[-1]}
+
+        try:
+            rows = self._execute(claim_and_load_sql(), dict(
+                limit=limit, owner=owner, token=tokens[0], lease=float(lease_seconds),
+                max_processing=float(max_processing_seconds), max_attempts=max_attempts,
+                suspects=bool(suspects)), dicts=True, again=new_token)
+        except StoreUnavailable as exc:
+            exc.unknown_claims = tokens[:-1] + (tokens[-1:] if exc.sent else [])
+            raise
+        token = tokens[-1]
         rows.sort(key=lambda r: r["seq"])
         events, expired, loaded = [], [], {}
         for r in rows:
@@ -307,7 +333,16 @@ class OutboxStore:
                            event_version=r["row_version"], created_at=r["row_created_at"],
                            updated_at=r["row_updated_at"])
                 loaded[event.key] = row
-        return Claim(token, events, expired, loaded)
+        return Claim(token, events, expired, loaded, unknown_claims=tokens[:-1])
+
+    def release_claims(self, tokens: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Give back every event still held under one of ``tokens`` (claims whose answer was
+        lost: :attr:`Claim.unknown_claims`, :attr:`StoreUnavailable.unknown_claims`), as
+        :meth:`release` does; returns their ids (none when the lost claim never committed)."""
+        if not tokens:
+            return set()
+        rows = self._execute(named_sql("release_claims"), dict(tokens=list(tokens)))
+        return {r[0] for r in rows}
 
     def load_rows(self, keys: Iterable[tuple[str, uuid.UUID]]) -> dict[tuple[str, uuid.UUID], dict]:
         """Current ``search_index`` rows for the given ``(entity_type, entity_id)`` keys."""
@@ -340,6 +375,12 @@ class OutboxStore:
             return []
         acks = [d for d in decisions if d.status is Status.DONE and not d.attempt_inc]
         rest = [d for d in decisions if not (d.status is Status.DONE and not d.attempt_inc)]
+        retried = []
+
+        def note_retry(params: dict[str, Any]) -> dict[str, Any]:
+            retried.append(True)
+            return params
+
         rows = self._execute(named_sql("apply"), dict(
             token=token,
             done_ids=[d.event_id for d in acks],
@@ -349,7 +390,21 @@ class OutboxStore:
             delays=[float(d.delay) for d in rest],
             errors=[d.error for d in rest],
             reasons=[(d.reason or None) and d.reason[:80] for d in rest],
-        ))
+        ), again=note_retry)
+        applied = [Applied(r[0], r[1], r[2]) for r in rows]
+        if retried:
+            applied += self.applied_already(token, [d.event_id for d in decisions
+                                                    if d.event_id not in {a.event_id
+                                                                          for a in applied}])
+        return applied
+
+    def applied_already(self, token: uuid.UUID, ids: Sequence[uuid.UUID]) -> list[Applied]:
+        """Of ``ids``, those an apply under ``token`` already settled (still carrying the
+        token, no longer processing: only this claim's apply does that), as :meth:`apply`
+        returns them: the decisions of a try whose answer was lost with its connection."""
+        if not ids:
+            return []
+        rows = self._execute(named_sql("applied_already"), dict(token=token, ids=list(ids)))
         return [Applied(r[0], r[1], r[2]) for r in rows]
 
     def db_gauges(self) -> dict[str, Any]:

@@ -135,14 +135,27 @@ class BatchProcessor:
         s = self.settings
         args = (s.worker_id, limit, s.lease_seconds, s.max_processing_seconds, s.max_attempts)
         claim = None
-        if self._after_suspect:
-            claim = self.store.claim(*args, suspects=False)
-            if not claim.events and not claim.expired:
-                claim = None
-        if claim is None:
-            claim = self.store.claim(*args, suspects=True)
+        try:
+            if self._after_suspect:
+                claim = self.store.claim(*args, suspects=False)
+                self._owe_claims(claim.unknown_claims)
+                if not claim.events and not claim.expired:
+                    claim = None
+            if claim is None:
+                claim = self.store.claim(*args, suspects=True)
+                self._owe_claims(claim.unknown_claims)
+        except StoreUnavailable as exc:
+            self._owe_claims(exc.unknown_claims)
+            raise
         self._after_suspect = claim.suspect
         return claim
+
+    def _owe_claims(self, tokens: list[uuid.UUID]) -> None:
+        """Claims whose answer was lost with their connection (the server may have claimed
+        events under them): given back by the next :meth:`settle`, not left to their lease."""
+        if tokens:
+            self.owed.append(_Owed(tokens[0], [], [], {"worker_id": self.settings.worker_id},
+                                   "claim_lost", claims=list(tokens)))
 
     def run_once(self, limit: int | None = None) -> BatchResult:
         """Claim and process one batch of at most ``limit`` (default ``OUTBOX_BULK_SIZE``) events.
@@ -451,8 +464,17 @@ class BatchProcessor:
         result = result if result is not None else BatchResult()
         while self.owed:
             owed = self.owed[0]
-            if owed.decisions:
+            if owed.claims:
+                released = self.store.release_claims(owed.claims)
+                if released:
+                    self._count_released(len(released), released, owed.reason, result,
+                                         owed.ctx)
+            elif owed.decisions:
                 applied = self.store.apply(owed.token, owed.decisions)
+                # the try that failed may have been written, its answer lost
+                accepted = {a.event_id for a in applied}
+                applied += self.store.applied_already(
+                    owed.token, [d.event_id for d in owed.decisions if d.event_id not in accepted])
                 log.info("wrote %d decisions kept since the database failed (%d accepted)",
                          len(owed.decisions), len(applied), extra=owed.ctx)
                 self._account(owed.decisions, applied, result, owed.ctx)
@@ -540,13 +562,16 @@ class BatchProcessor:
 @dataclasses.dataclass(slots=True)
 class _Owed:
     """A write the database did not take: the ``decisions`` of a batch whose sink work is done,
-    or the ids to ``release``, fenced by the claim's lease ``token``; ``ctx`` its log context."""
+    or the ids to ``release``, fenced by the claim's lease ``token``, or the lease tokens of
+    ``claims`` whose answer was lost (everything still held under them goes back); ``ctx`` its
+    log context."""
 
     token: uuid.UUID
     decisions: list[Decision]
     release: list[uuid.UUID]
     ctx: dict
     reason: str = "apply_failed"
+    claims: list[uuid.UUID] = dataclasses.field(default_factory=list)  # tokens to give back
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
