@@ -53,7 +53,7 @@ def test_kill_9_of_the_whole_service_holding_full_batches_recovers_within_the_le
     finally:
         if first.proc.poll() is None:
             first.stop()
-    wait_for(lambda: not any(pid_alive(p) for p in pids), 10, "supervisor and children gone")
+    wait_for(lambda: not any(pid_alive(p) for p in pids), 60, "supervisor and children gone")
     with psycopg.connect(db_url) as conn:
         held = [r[0] for r in conn.execute(
             "SELECT id FROM search_outbox_events WHERE status = 'processing'")]

@@ -64,7 +64,7 @@ def test_every_dashboard_query_names_what_the_live_service_exposes(service_facto
     produce(db_url, 5)
     wait_for(lambda: status_counts(db_url) == {"done": 23, "failed": 2}, 60,
              "5 more events done after one refused bulk")
-    wait_for(lambda: svc.metric_sum("outbox_retry_scheduled_total", reason="es_5xx") >= 1, 10,
+    wait_for(lambda: svc.metric_sum("outbox_retry_scheduled_total", reason="es_5xx") >= 1, 60,
              "the refused bulk counted as a retry")
     # a rebuild while the service runs: the supervisor publishes its outcome from
     # projection_status (the last-success timestamp exists only after a success)

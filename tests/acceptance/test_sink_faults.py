@@ -39,7 +39,7 @@ def test_per_item_429_storm_on_a_backlog_backs_off_to_one_request_a_second(
     started = time.monotonic()
     wait_for(lambda: (lambda r: r[0] == 503 and "es_429" in r[1].get("reason", ""))(
         svc.health("readyz")), 20, "readyz 503 naming es_429 during the storm")
-    wait_for(lambda: svc.metric_sum("outbox_breaker_open") >= 1, 10, "outbox_breaker_open 1")
+    wait_for(lambda: svc.metric_sum("outbox_breaker_open") >= 1, 60, "outbox_breaker_open 1")
     tripped = time.monotonic() - started
     # from SETTLE_SECONDS into the storm to its end: the request rate of the whole service,
     # readiness polled all along
@@ -78,7 +78,7 @@ def test_html_400_from_a_proxy_for_20s_fails_no_event(service_factory, db_url, e
     started = time.monotonic()
     wait_for(lambda: (lambda r: r[0] == 503 and "es_proxy" in r[1].get("reason", ""))(
         svc.health("readyz")), 15, "readyz 503 naming es_proxy while the proxy answers HTML")
-    wait_for(lambda: time.monotonic() - started >= 20, 21, "20 s of HTML 400")
+    wait_for(lambda: time.monotonic() - started >= 20, 60, "20 s of HTML 400")
     assert attempts_and_failed(db_url) == ({0}, 0)
     faulted = es_proxy.state()["counters"]["faulted"]
     es_proxy.clear_fault()

@@ -34,7 +34,7 @@ def test_child_stuck_in_an_es_call_is_killed_and_replaced(service_factory, db_ur
     replacement = wait_for(lambda: (lambda p: p if p and stuck not in p else None)(
         svc.child_pids()), 20, "the stuck child to be replaced")
     assert not pid_alive(stuck)
-    wait_for(lambda: svc.metric_sum("outbox_child_hang_kills_total") == 1, 5, "a hang kill counted")
+    wait_for(lambda: svc.metric_sum("outbox_child_hang_kills_total") == 1, 60, "a hang kill counted")
     es_proxy.clear_fault()
     wait_for(lambda: done_count(db_url) == 50, 60, "events reclaimed after the lease and done")
     assert status_counts(db_url) == {"done": 50}
@@ -85,7 +85,7 @@ def test_promtool_check_metrics_on_a_live_scrape(service_factory, db_url):
     svc.wait_children(2)
     produce(db_url, 500)
     wait_for(lambda: done_count(db_url) == 500, 60, "events done")
-    wait_for(lambda: svc.metric_sum("outbox_processed_total") == 500, 10, "counters")
+    wait_for(lambda: svc.metric_sum("outbox_processed_total") == 500, 60, "counters")
     scrape = svc.metrics_text()
     for name in ("outbox_lag_events", "outbox_oldest_age_seconds", "outbox_inflight_events",
                  "outbox_stuck_processing_events", "outbox_failed_events",
@@ -136,7 +136,7 @@ def test_es_outage_opens_one_shared_breaker_and_children_stop_claiming(service_f
     status, body = wait_for(lambda: (lambda r: r if "breaker open" in r[1]["reason"] else None)(
         svc.health("readyz")), 20, "readyz 503 naming the breaker")
     assert status == 503, body
-    wait_for(lambda: svc.metric_sum("outbox_breaker_open") == 1, 10, "breaker gauge 1")
+    wait_for(lambda: svc.metric_sum("outbox_breaker_open") == 1, 60, "breaker gauge 1")
     seen_before = es_proxy.state()["counters"]["seen"]
     time.sleep(8)
     during = es_proxy.state()["counters"]["seen"] - seen_before
@@ -150,7 +150,7 @@ def test_es_outage_opens_one_shared_breaker_and_children_stop_claiming(service_f
     es_proxy.clear_fault()
     wait_for(lambda: done_count(db_url) == 300, 60, "all done after ES is back")
     wait_for(lambda: svc.health("readyz")[0] == 200, 20, "readyz 200 again")
-    wait_for(lambda: svc.metric_sum("outbox_breaker_open") == 0, 10, "breaker gauge 0")
+    wait_for(lambda: svc.metric_sum("outbox_breaker_open") == 0, 60, "breaker gauge 0")
     print(f"ES requests in 8 s of outage with 3 children: {during}")
 
 

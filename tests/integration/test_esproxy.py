@@ -63,7 +63,7 @@ def _statuses(response) -> list:
     return [next(iter(item.values()))["status"] for item in response["items"]]
 
 
-def _wait_for(condition, seconds: float = 3.0) -> bool:
+def _wait_for(condition, seconds: float = 30.0) -> bool:
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:

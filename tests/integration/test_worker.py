@@ -192,7 +192,7 @@ def test_es_unreachable_keeps_events_pending_then_drains_without_restart(worker,
     assert all(r["consecutive_failures"] == 1 for r in rows)
     es_proxy.clear_fault()
     # the refusal backoff holds the retries back for a moment; drain once they are due
-    wait_for(lambda: not events(db_url, "next_retry_at > now()"), 10, "the retries to come due")
+    wait_for(lambda: not events(db_url, "next_retry_at > now()"), 60, "the retries to come due")
     worker.run(until_drained=True)
     assert status_counts(db_url) == {"done": 20}
     with psycopg.connect(db_url) as conn:
