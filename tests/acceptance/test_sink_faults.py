@@ -99,6 +99,15 @@ def slow_sink_service(service_factory, db_url, es_proxy, **extra):
     return svc
 
 
+def assert_nobody_killed(log: str) -> None:
+    """The parent killed no child: not at the end of the grace (its exit reason), not as hung,
+    and no child died of SIGKILL (exit -9). Looks for those lines, not the word: the boot's
+    timing warnings may say what a setting would have killed."""
+    for line in ("did not stop within the grace period", "SIGABRT, then SIGKILL", "exit -9",
+                 "exited -9"):
+        assert line not in log, (line, log[-3000:])
+
+
 def assert_given_back(db_url, total=300) -> dict:
     counts = status_counts(db_url)
     assert "processing" not in counts, counts
@@ -136,7 +145,8 @@ def test_quit_abandons_a_hanging_bulk_request_and_gives_everything_back(service_
     took = time.monotonic() - asked
     assert status_counts(db_url) == {"pending": 100}, status_counts(db_url)
     assert attempts_and_failed(db_url) == ({0}, 0)
-    assert code == 0 and took < 5.0 and "killed" not in svc.log(), (code, took)
+    assert code == 0 and took < 5.0, (code, took)
+    assert_nobody_killed(svc.log())
     print(f"\nQUIT during a hanging bulk: exit {code} after {took:.1f}s, 100 events given back")
 
 
@@ -151,6 +161,7 @@ def test_term_drain_that_would_overrun_the_grace_gives_back_the_rest(service_fac
     took = time.monotonic() - asked
     counts = assert_given_back(db_url)
     assert code == 0 and took < grace, (code, took)  # drained in time, nobody killed
-    assert "killed" not in svc.log() and "(drain_overrun)" in svc.log()
+    assert_nobody_killed(svc.log())
+    assert "(drain_overrun)" in svc.log()
     print(f"\nTERM with a {grace:.0f}s grace on a slow sink: exit {code} after {took:.1f}s; "
           f"{counts.get('pending')} events given back, {counts.get('done')} done")
