@@ -60,10 +60,14 @@ def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("elastic_transport", "elasticsearch", "urllib3", "psycopg.pool"):
+    for noisy in ("elastic_transport", "elasticsearch", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # the client's node pool logs every failed request again; our own line says it once
     logging.getLogger("elastic_transport.node_pool").setLevel(logging.ERROR)
+    # likewise psycopg_pool: each background connection try and each broken connection it
+    # discards during an outage; the store tries the database itself and its line names the
+    # cause (adapters/store.py, OutboxStore._ready_pool)
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     sys.excepthook = _scrubbed_excepthook
 
 
