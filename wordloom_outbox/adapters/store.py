@@ -289,7 +289,10 @@ class OutboxStore:
         pool = self.pool
         if not (isinstance(pool, OutboxPool) and pool.suspect):
             return pool
-        psycopg.connect(pool.conninfo, **pool.kwargs).close()  # raises while still down
+        # raises while still down; waits no longer than the pool would (at most a third of
+        # the heartbeat timeout: a child must not fall silent trying)
+        psycopg.connect(pool.conninfo, **{**pool.kwargs,
+                                          "connect_timeout": max(2, int(pool.timeout))}).close()
         self.pool = pool.fresh()
         pool.close(timeout=1.0)
         return self.pool
