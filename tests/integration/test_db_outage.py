@@ -227,3 +227,50 @@ def test_an_apply_whose_answer_was_lost_counts_its_decisions_as_written(lossy, d
     assert relay.lost.is_set()
     assert (result.done, result.stale) == (5, 0)
     assert status_counts(db_url) == {"done": 5}
+
+
+def test_a_drain_during_an_outage_stops_retrying_the_apply_within_the_grace(settings, db_url,
+                                                                             es):
+    """TERM while the database is down and the batch's apply is being retried: the retries
+    stop in time for the release and the child's exit within OUTBOX_SHUTDOWN_GRACE_SECONDS
+    (they went on until the lease ran out, 60 s, and the parent killed the children after its
+    30 s grace: exit 81); the decisions are kept and written once the database is back."""
+    from wordloom_outbox.adapters.sink import EsSink, default_index_body
+    from wordloom_outbox.adapters.store import OutboxStore, StoreUnavailable, make_pool
+    from wordloom_outbox.runtime.batch import BatchProcessor, StopRequest
+
+    settings = settings.replace(lease_seconds=60.0, shutdown_grace=30.0,
+                                worker_id="test-host:34")
+    es.indices.create(index=settings.elastic_index, **default_index_body())
+    produce(db_url, 5)
+    store = OutboxStore(make_pool(db_url, worker_id=settings.worker_id, timeout=1.0))
+    sink = EsSink(settings)
+    clock = {"t": 0.0}
+    stop: list[StopRequest] = []
+
+    def nap(seconds):  # the apply's waits between tries pass on the batch's clock
+        clock["t"] += seconds
+
+    with contextlib.ExitStack() as outage:
+        def beat():  # before the bulk request: TERM arrives and the database goes away
+            stop.append(StopRequest(fast=False, at=clock["t"]))
+            outage.enter_context(database_outage(db_url))
+
+        processor = BatchProcessor(store, sink, settings, clock=lambda: clock["t"], sleep=nap,
+                                   heartbeat=beat,
+                                   stop_request=lambda: stop[0] if stop else None)
+        try:
+            processor.run_once()
+            raise AssertionError("the apply cannot succeed while the database is down")
+        except StoreUnavailable:
+            gave_up = clock["t"]
+        finally:
+            sink.close()
+    try:
+        # retried for a while, then the last try and the release (a statement timeout each at
+        # most) fit in the grace
+        assert 0 < gave_up and gave_up + 2 * settings.db_statement_timeout <= settings.shutdown_grace
+        processor.settle()
+        assert status_counts(db_url) == {"done": 5}
+    finally:
+        store.pool.close()

@@ -419,15 +419,28 @@ class BatchProcessor:
         if not decisions:
             return
 
+        s = self.settings
+
+        def give_up_at() -> float:
+            """The lease's end, or in a TERM drain the latest start of a try that leaves one
+            statement (``OUTBOX_DB_STATEMENT_TIMEOUT_SECONDS``) for the release within the grace
+            (a database down through the drain would otherwise be retried until the lease ran
+            out and the parent killed the child)."""
+            stop = self.stop_request()
+            if stop is None or stop.fast:
+                return lease.deadline
+            return min(lease.deadline, stop.at + s.shutdown_grace - RELEASE_MARGIN
+                       - 2 * s.db_statement_timeout)
+
         def lease_over(state: tenacity.RetryCallState) -> bool:
-            return self.clock() + RELEASE_MARGIN >= lease.deadline or (
+            return self.clock() + RELEASE_MARGIN >= give_up_at() or (
                 (stop := self.stop_request()) is not None and stop.fast)
 
         backoff = tenacity.wait_random_exponential(multiplier=0.2, max=2.0)
 
         def wait(state: tenacity.RetryCallState) -> float:
-            # never sleep past the point where the lease still covers a release
-            return max(0.0, min(backoff(state), lease.deadline - RELEASE_MARGIN - self.clock()))
+            # never sleep past the point where the lease (or the drain) still covers a release
+            return max(0.0, min(backoff(state), give_up_at() - RELEASE_MARGIN - self.clock()))
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             # once per batch: through an outage the apply is tried about once a second, and how

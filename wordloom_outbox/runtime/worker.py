@@ -213,6 +213,14 @@ class Worker:
         processor = self.processor
         if not processor.owed:
             return
+        s, stop = self.settings, self.hooks.stop_request()
+        if stop is not None and (stop.fast or time.monotonic() + s.db_statement_timeout
+                                 > stop.at + s.shutdown_grace - 1.0):
+            log.warning("leaving with %d events not acked or given back (no time left to try "
+                        "the database); they are reclaimed when their lease runs out",
+                        sum(len(o.decisions) + len(o.release) for o in processor.owed),
+                        extra={"worker_id": s.worker_id})
+            return
         try:
             processor.settle()
         except (StoreUnavailable, StoreError) as exc:
