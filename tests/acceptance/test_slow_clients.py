@@ -96,7 +96,13 @@ def test_a_stalled_parent_kills_no_healthy_child(service_factory, db_url):
     finally:
         svc.signal(signal.SIGCONT)
     wait_for(lambda: svc.health("healthz")[0] == 200, 60, "healthz 200 after the stall")
-    time.sleep(1.0)  # a few loop turns: a wrong judgement would have sent SIGABRT by now
+    # The parent judges the children at the start of each turn of its loop and answers HTTP at
+    # its end. An answer showing every heartbeat fresh comes from a turn after the resume;
+    # the answer to the next request, from a later turn, whose judgement ran after the resume:
+    # a wrong one (stale heartbeats judged before the pipes were read) has sent SIGABRT by then.
+    wait_for(lambda: (lambda b: len(b["children"]) == 2 and all(
+        c["heartbeat_age_seconds"] < 3 for c in b["children"]))(svc.health("healthz")[1]), 60,
+        "the heartbeats written during the stall read")
     assert sorted(svc.child_pids()) == sorted(children)
     assert svc.metric_sum("outbox_child_hang_kills_total") == 0
     produce(db_url, 100)
