@@ -51,3 +51,15 @@ def test_an_unreachable_database_is_waited_out_until_stop():
                for r, _ in waits)
     assert all(0 < s <= BACKOFF_MAX for s in slept)
     assert max(slept[-3:]) >= BACKOFF_MAX / 2  # it grew towards the cap
+
+
+@pytest.mark.parametrize("options", ["-c%20statement_timeout%3Dxyz", "-c%20no_such_setting%3D1"])
+def test_session_options_the_server_refuses_are_a_config_error_not_an_outage(db_url, options):
+    """``?options=-c ...`` with a value or a name the server refuses at every connection: a
+    bad DATABASE_URL (78 naming it), not an outage waited out forever with /readyz 503."""
+    settings = settings_for(f"{db_url}?options={options}")
+    with pytest.raises(BootRefused) as refused:
+        check_once(settings)
+    assert refused.value.code == exitcodes.CONFIG
+    assert refused.value.reason.startswith("DATABASE_URL=")
+    assert "refused" in refused.value.reason and "parameter" in refused.value.reason

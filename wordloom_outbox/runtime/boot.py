@@ -31,6 +31,11 @@ log = logging.getLogger("wordloom_outbox.boot")
 UNUSABLE_OPTION = re.compile(r"\binvalid (?:[\w ]+ value\b|port number\b|integer value\b|"
                              r"connection option\b)")
 
+# The server's words (elog.c / guc.c, FATAL at connection start) for a session option of the
+# URL (``options=-c name=value``) it refuses at every connection: waiting cannot help either.
+REFUSED_OPTION = re.compile(r"\binvalid value for parameter\b|"
+                            r"\bunrecognized configuration parameter\b")
+
 BACKOFF_INITIAL = 0.5  # seconds before the second try
 BACKOFF_MAX = 5.0      # seconds: longest wait between two tries (a dependency back is seen within 5 s)
 HEARTBEAT_MARGIN = 2.0  # seconds a child may need beyond its longest bounded call to beat again
@@ -58,7 +63,8 @@ class DatabaseUnreachable(Exception):
 def check_once(settings: Settings, connect_timeout: float = 5.0) -> None:
     """One try: connect (``connect_timeout`` seconds, libpq's floor is 2) and compare the
     applied migrations with the shipped ones. Raises :class:`BootRefused` (79 schema too old,
-    78 a URL libpq cannot parse or an option value it cannot use, e.g. ``sslmode=bogus``) or
+    78 a URL libpq cannot parse or an option value it cannot use, e.g. ``sslmode=bogus``, or
+    session options the server refuses, e.g. ``options=-c statement_timeout=xyz``) or
     :class:`DatabaseUnreachable`."""
     try:
         with psycopg.connect(settings.database_url, autocommit=True,
@@ -73,6 +79,11 @@ def check_once(settings: Settings, connect_timeout: float = 5.0) -> None:
             # libpq could not parse the URL, or cannot use one of its options' values
             raise BootRefused(exitcodes.CONFIG, f"DATABASE_URL="
                               f"{settings.redacted_database_url()!r} is not valid: {text}") from None
+        if isinstance(exc, psycopg.OperationalError) and REFUSED_OPTION.search(str(exc)):
+            # the server refused the URL's session options (options=-c ...) at connection
+            raise BootRefused(exitcodes.CONFIG, f"DATABASE_URL="
+                              f"{settings.redacted_database_url()!r} is not valid: the server "
+                              f"refused its options: {text}") from None
         if isinstance(exc, psycopg.ProgrammingError):
             # the server refused the boot check's statements (permission denied, 42501): the
             # role of DATABASE_URL cannot run the service
