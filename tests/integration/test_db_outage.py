@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from wordloom_outbox.runtime.worker import LoopHooks, Worker
 from wordloom_outbox.testing.db import events, produce, status_counts
 from wordloom_outbox.testing.service import wait_for
+from wordloom_outbox.testing.threaded import ThreadedWorker
 
 
 @contextlib.contextmanager
@@ -41,41 +40,12 @@ def database_outage(db_url: str):
             conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
 
 
-class ThreadWorker:
-    """A real Worker (own pool, real sink) looping in a thread; ``facts`` records the readiness
-    facts it reports with their wall-clock time."""
-
-    def __init__(self, settings):
-        self.facts: list[tuple[float, str, bool, str]] = []
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.worker = Worker(settings, hooks=LoopHooks(
-            should_stop=self.stop.is_set,
-            fact=lambda name, ok, reason="": self.facts.append((time.time(), name, ok, reason))))
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        try:
-            self.worker.run()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.error = exc
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(30)
-        self.worker.close()
-
-
 def test_a_batch_held_through_a_database_outage_is_written_when_it_returns_not_reclaimed(
         settings, db_url, es_proxy, caplog):
     caplog.set_level(logging.INFO, logger="wordloom_outbox")
     produce(db_url, 20)
     es_proxy.set_fault("hang", path_contains="_bulk")  # the batch stays in flight
-    with ThreadWorker(settings.replace(worker_id="test-host:31")) as running:
+    with ThreadedWorker(settings.replace(worker_id="test-host:31")) as running:
         wait_for(lambda: es_proxy.state()["counters"]["hanging"] >= 1, 30, "a bulk in flight")
         with database_outage(db_url):
             es_proxy.clear_fault()  # the request ends (no answer): the apply meets the outage

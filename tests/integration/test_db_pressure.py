@@ -8,7 +8,6 @@ heartbeating through all of them and then drains."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import psycopg
@@ -16,9 +15,9 @@ import pytest
 
 from wordloom_outbox.adapters.store import (OutboxStore, StoreBusy, StoreError, StoreReadOnly,
                                             make_pool)
-from wordloom_outbox.runtime.worker import LoopHooks, Worker
 
 from wordloom_outbox.testing.service import wait_for
+from wordloom_outbox.testing.threaded import ThreadedWorker
 from wordloom_outbox.testing.db import produce, status_counts
 
 LOCK_TIMEOUT = 0.5
@@ -38,40 +37,6 @@ def store(db_url, pressure_settings):
                      lock_timeout=s.db_lock_timeout)
     yield OutboxStore(pool)
     pool.close()
-
-
-class RunningWorker:
-    """A real Worker (real store and sink) looping in a thread, recording its heartbeats."""
-
-    def __init__(self, settings):
-        self.beats: list[float] = []
-        self.facts: list[tuple[str, bool, str]] = []  # what the parent's readiness would show
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.worker = Worker(settings, hooks=LoopHooks(
-            heartbeat=lambda progress: self.beats.append(time.monotonic()),
-            should_stop=self.stop.is_set,
-            fact=lambda name, ok, reason="": self.facts.append((name, ok, reason))))
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        try:
-            self.worker.run()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.error = exc
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(30)
-        self.worker.close()
-
-    def longest_silence(self, since: float) -> float:
-        beats = [since] + [b for b in self.beats if b >= since] + [time.monotonic()]
-        return max(b - a for a, b in zip(beats, beats[1:]))
 
 
 def records(caplog, text: str) -> list[logging.LogRecord]:
@@ -101,7 +66,7 @@ def test_ddl_lock_is_a_busy_store_then_a_logged_retry_not_a_hung_worker(
         assert isinstance(info.value.__cause__, psycopg.errors.LockNotAvailable)
         assert time.monotonic() - t0 < LOCK_TIMEOUT + 5  # gave up after lock_timeout
 
-        with RunningWorker(pressure_settings) as w:
+        with ThreadedWorker(pressure_settings) as w:
             since = time.monotonic()
             wait_for(lambda: len(records(caplog, "lock_timeout")) >= 3, 30,
                      "three logged lock timeouts")
@@ -109,7 +74,7 @@ def test_ddl_lock_is_a_busy_store_then_a_logged_retry_not_a_hung_worker(
             assert w.thread.is_alive() and w.error is None
             # readiness names the pressure, not an unreachable database
             assert any(name == "db" and not ok and reason.startswith("database busy (lock_timeout)")
-                       for name, ok, reason in w.facts), w.facts[-3:]
+                       for _, name, ok, reason in w.facts), w.facts[-3:]
             ddl.rollback()  # the DDL ends
             wait_for(lambda: status_counts(db_url) == {"done": 20}, 60, "drained after the lock")
     # each statement gave up at lock_timeout; heartbeats kept coming in between
@@ -141,7 +106,7 @@ def test_stuck_statement_is_cancelled_by_statement_timeout_and_retried(
     assert (info.value.sqlstate, info.value.reason) == ("57014", "statement_timeout")
     assert time.monotonic() - t0 < STATEMENT_TIMEOUT + 5
 
-    with RunningWorker(pressure_settings) as w:
+    with ThreadedWorker(pressure_settings) as w:
         since = time.monotonic()
         wait_for(lambda: len(records(caplog, "statement_timeout")) >= 2, 30,
                  "two logged statement timeouts")
@@ -171,11 +136,11 @@ def test_read_only_server_is_classified_and_waited_out_on_fresh_connections(
         assert info.value.sqlstate == "25006" and info.value.reason == "read_only"
         assert isinstance(info.value.__cause__, psycopg.errors.ReadOnlySqlTransaction)
 
-        with RunningWorker(pressure_settings) as w:
+        with ThreadedWorker(pressure_settings) as w:
             wait_for(lambda: len(records(caplog, "read-only")) >= 2, 30, "two read-only retries")
             assert w.thread.is_alive() and w.error is None
             assert any(name == "db" and not ok and reason.startswith("database read-only")
-                       for name, ok, reason in w.facts), w.facts[-3:]
+                       for _, name, ok, reason in w.facts), w.facts[-3:]
             # the primary is back: sessions opened from now on can write; the worker's
             # read-only sessions were discarded, so it reconnects and drains
             outbox_db.execute(f'ALTER DATABASE "{dbname}" RESET default_transaction_read_only')
