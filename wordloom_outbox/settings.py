@@ -289,7 +289,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ELASTIC_REQUEST_TIMEOUT_SECONDS", "elastic_request_timeout", _seconds(), 20.0,
             "per ES request, capped at a third of the lease"),
     Setting("WORDLOOM_ENV", "wordloom_env", _choice(*ENVIRONMENTS), None,
-            "dev, test, sandbox or prod (migrate guard)"),
+            "dev, test, sandbox or prod (migrate guard; `run` and `work` refuse a database of "
+            "another environment)"),
     Setting("OUTBOX_WORKER_ID", "worker_id",
             Kind(f"at most {MAX_WORKER_ID} characters (the outbox owner column holds "
                  "120 with the child's `:pid`)", str, lambda v: len(v) <= MAX_WORKER_ID),

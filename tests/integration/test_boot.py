@@ -63,3 +63,19 @@ def test_session_options_the_server_refuses_are_a_config_error_not_an_outage(db_
     assert refused.value.code == exitcodes.CONFIG
     assert refused.value.reason.startswith("DATABASE_URL=")
     assert "refused" in refused.value.reason and "parameter" in refused.value.reason
+
+
+def test_a_database_of_another_environment_is_refused_with_78(db_url):
+    # the test database was migrated with WORDLOOM_ENV=test: its environment_sentinel says test
+    for env in ("prod", "dev"):
+        settings = load_settings({"DATABASE_URL": db_url, "ELASTIC_URL": "http://127.0.0.1:1",
+                                  "WORDLOOM_ENV": env})
+        with pytest.raises(BootRefused) as refused:
+            check_once(settings)
+        assert refused.value.code == exitcodes.CONFIG
+        assert f"WORDLOOM_ENV={env} but" in refused.value.reason
+        assert "is test (its environment_sentinel row)" in refused.value.reason
+    # the same environment, or WORDLOOM_ENV unset: boots
+    check_once(load_settings({"DATABASE_URL": db_url, "ELASTIC_URL": "http://127.0.0.1:1",
+                              "WORDLOOM_ENV": "test"}))
+    check_once(settings_for(db_url))

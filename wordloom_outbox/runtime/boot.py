@@ -1,8 +1,9 @@
 """The one boot check, used by the parent, each child and ``wordloom-outbox work``: the schema
 is as new as the code. Runs in whichever process boots (docs/DESIGN.md, "Boot").
 
-Only a refusal stops a start: a schema older than the code (exit 79) or a database URL libpq
-cannot use (exit 78). A database that cannot be reached is waited out with a jittered
+Only a refusal stops a start: a schema older than the code (exit 79), a database URL libpq
+cannot use or a database whose environment_sentinel names another environment than a set
+``WORDLOOM_ENV`` (exit 78). A database that cannot be reached is waited out with a jittered
 exponential backoff (tenacity), never a reason to exit: the caller's ``on_wait`` reports why
 (a child turns it into a readiness fact for ``/readyz``) and ``sleep`` keeps its heartbeat.
 """
@@ -18,7 +19,7 @@ import psycopg
 import tenacity
 
 from .. import exitcodes
-from ..ops.migrate import SchemaTooOld, check_schema
+from ..ops.migrate import SchemaTooOld, check_schema, database_env, describe
 from ..redaction import brief_database_error
 from ..settings import Settings
 
@@ -70,6 +71,7 @@ def check_once(settings: Settings, connect_timeout: float = 5.0) -> None:
         with psycopg.connect(settings.database_url, autocommit=True,
                              connect_timeout=max(2, int(connect_timeout))) as conn:
             check_schema(conn)
+            check_environment(conn, settings.wordloom_env)
     except SchemaTooOld as exc:
         raise BootRefused(exitcodes.SCHEMA, str(exc)) from None
     except psycopg.Error as exc:
@@ -91,6 +93,21 @@ def check_once(settings: Settings, connect_timeout: float = 5.0) -> None:
                               f"(SQLSTATE {exc.sqlstate}): {text}") from None
         raise DatabaseUnreachable(brief_database_error(exc),
                                   "database unreachable: " + text[:300]) from None
+
+
+def check_environment(conn: psycopg.Connection, wordloom_env: str | None) -> None:
+    """Raise :class:`BootRefused` (78) when ``WORDLOOM_ENV`` is set and the database's
+    ``environment_sentinel`` row names another environment: the service would drain another
+    environment's outbox. Only the sentinel row counts here (``migrate``'s guard also trusts a
+    database name suffix); with ``WORDLOOM_ENV`` unset, or no sentinel row, nothing is checked."""
+    if not wordloom_env:
+        return
+    env, source = database_env(conn)
+    if source == "environment_sentinel" and env != wordloom_env:
+        raise BootRefused(exitcodes.CONFIG,
+                          f"WORDLOOM_ENV={wordloom_env} but {describe(conn)} is {env} (its "
+                          "environment_sentinel row): refusing to drain another environment's "
+                          "outbox; fix DATABASE_URL or WORDLOOM_ENV")
 
 
 def wait_until_bootable(settings: Settings, *,
